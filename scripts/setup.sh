@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Creates (or reuses) .venv with sslx and its test extras, and installs Debian's Fashion-MNIST
+# files when apt is available. Idempotent: a second run with unchanged setup.cfg does nothing.
+# Usage: bash scripts/setup.sh            (library + test extras)
+#        PYTHON=python3.12 bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+# The default dataset's idx files; skipped when they are already there or apt is unavailable.
+fmnist=/usr/share/datasets/fashion-mnist
+if [ ! -e "$fmnist/train-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing Debian package dataset-fashion-mnist"
+  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+    || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
+    || echo "[setup] could not install dataset-fashion-mnist; set SSLX_FASHION_MNIST_DIR to the idx files"
+fi
+
+stamp=.venv/.sslx-installed
+want=$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)-$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/python ]; then
+  exit 0
+fi
+command -v uv >/dev/null || "$PYTHON" -m pip install -q uv
+if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "${want##*-}" ]; then
+  rm -rf .venv  # made by another Python version
+fi
+[ -x .venv/bin/python ] || uv venv -q -p "$PYTHON" .venv
+echo "[setup] installing sslx and its dependencies into .venv"
+uv pip install -q -p .venv/bin/python -e '.[test]'
+echo "$want" > "$stamp"

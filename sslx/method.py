@@ -1,0 +1,32 @@
+"""The Method contract: every self-supervised method is an init / apply / loss triple of pure
+functions over pytrees, so the trainer, the evaluator and a user's own loop can drive any method.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+Batch = dict[str, jax.Array]  # {"image": uint8 [B, H, W, C], "label": int32 [B]}
+Variables = dict[str, Any]  # {"params": trainable pytree, **non-trainable state}
+Aux = dict[str, Any]  # {"metrics": {name: scalar}, "state": new non-trainable state}
+
+
+class Method(NamedTuple):
+  """A self-supervised method as three pure functions.
+
+  init(rng, batch) -> Variables
+      Builds the variables from an example batch. ``variables["params"]`` is what the optimizer
+      trains; every other entry (batch statistics, EMA teachers, queues, centers) is state that
+      ``loss`` returns updated in ``aux["state"]``.
+  apply(variables, images) -> features
+      The frozen forward pass used for evaluation: float images in [0, 1], [B, H, W, C] ->
+      representation [B, D] (before any projector).
+  loss(params, variables, batch, rng) -> (loss, aux)
+      The training objective. ``batch["image"]`` holds raw uint8 images; augmentation happens
+      here, on device. ``aux["metrics"]`` maps names to scalars; ``aux["state"]`` holds the new
+      values of the non-trainable entries of ``variables``.
+  """
+
+  init: Callable[[jax.Array, Batch], Variables]
+  apply: Callable[[Variables, jax.Array], jax.Array]
+  loss: Callable[[Any, Variables, Batch, jax.Array], tuple[jax.Array, Aux]]
