@@ -1,0 +1,76 @@
+"""SimCLR on Fashion-MNIST, sized for a 2-core CPU.
+
+Launch (from the repository root):
+  python -m sslx.main --config configs/simclr_fashion_mnist.py --workdir runs/simclr_fashion_mnist
+Variants: `configs/simclr_fashion_mnist.py:smoke` (seconds; used by the tests).
+Expected: see the README's results table (kNN / linear top-1 on the test split, with the
+random-encoder and raw-pixel baselines), measured with the command above.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg)
+  unknown = set(args) - {"smoke"}
+  if unknown:
+    raise ValueError(f"unknown config variant(s) {sorted(unknown)}; known: ['smoke']")
+  c = common.base_config()
+  c.experiment = "simclr"
+  c.batch_size = 256
+  c.total_steps = 600
+  c.log_every = 20
+  c.checkpoint_every = 200
+
+  c.model = ml_collections.ConfigDict()
+  c.model.depth = 0  # 0: use stage_sizes/block below; 18, 34, 50, ... for the published ResNets
+  c.model.stage_sizes = (1, 1, 1)
+  c.model.block = "basic"
+  c.model.width = 16
+  c.model.stem = "cifar"
+  c.model.zero_init_residual = False
+
+  c.projector = ml_collections.ConfigDict()
+  c.projector.hidden = (256,)
+  c.projector.out_features = 64
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_size = 28
+  c.augment.crop_scale = (0.2, 1.0)
+  c.augment.flip_prob = 0.5
+  c.augment.brightness = 0.4
+  c.augment.contrast = 0.4
+  c.augment.saturation = 0.0  # grayscale images: no saturation / hue
+  c.augment.hue = 0.0
+  c.augment.jitter_prob = 0.8
+  c.augment.grayscale_prob = 0.0
+  c.augment.blur_prob = 0.0
+  c.augment.solarize_prob = 0.0
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.temperature = 0.2
+
+  c.optim.name = "lars"
+  c.optim.lr = 1.0
+  c.optim.weight_decay = 1e-6
+  c.optim.warmup_steps = 50
+
+  if args.get("smoke"):
+    c.batch_size = 32
+    c.total_steps = 6
+    c.log_every = 1
+    c.checkpoint_every = 3
+    c.progress_bar = False
+    c.model.stage_sizes = (1, 1)
+    c.model.width = 8
+    c.projector.hidden = (32,)
+    c.projector.out_features = 16
+    c.optim.warmup_steps = 2
+    c.eval.batch_size = 200
+    c.eval.knn_k = 20
+    c.eval.train_examples = 2000
+    c.eval.test_examples = 400
+  c.lock()
+  return c

@@ -1,0 +1,1 @@
+"""One module per method; each defines get_method(config) -> sslx.method.Method."""

@@ -1,0 +1,40 @@
+"""Frozen features of a whole split, computed on the mesh and returned to every host."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslx import sharding
+from sslx.data import pipeline
+
+
+def extract_features(apply_fn, variables, source, *, mesh, batch_size: int):
+  """Runs `apply_fn(variables, images)` over every example of `source` once.
+
+  Returns (features [N, D] float32, labels [N] int64) as NumPy arrays on every process: the
+  output is replicated by the jit, which gathers the shards across devices and hosts.
+  """
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+
+  # Outputs are replicated so every process can read all of them, whatever the process count.
+  @jax.jit
+  def features_of(variables, batch):
+    images = batch["image"].astype(jnp.float32) / 255.0
+    out = (apply_fn(variables, images), batch["label"], batch["mask"])
+    return jax.lax.with_sharding_constraint(out, replicated)
+
+  feats, labels = [], []
+  for local in pipeline.eval_iterator(source, global_batch_size=batch_size):
+    f, y, mask = jax.device_get(features_of(variables, pipeline.to_global_batch(local,
+                                                                                batch_sharding)))
+    feats.append(f[mask])
+    labels.append(y[mask])
+  return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
+
+
+def raw_pixel_features(source) -> tuple[np.ndarray, np.ndarray]:
+  """Flattened pixels in [0, 1]: the baseline any representation has to beat."""
+  images = np.stack([source[i]["image"] for i in range(len(source))])
+  labels = np.asarray([source[i]["label"] for i in range(len(source))], np.int64)
+  return images.reshape(len(images), -1).astype(np.float32) / 255.0, labels

@@ -1,0 +1,167 @@
+"""Weighted k-nearest-neighbour classification on frozen features.
+
+This is the kNN monitor of Wu et al. 2018 ("Unsupervised Feature Learning via Non-Parametric
+Instance Discrimination") as used by DINO's ``eval_knn``: features are L2-normalised, similarity is
+the cosine similarity, each query looks at its ``k`` most similar bank entries, and each of those
+votes for its own label with weight ``exp(similarity / temperature)``. The prediction is the class
+with the largest summed vote (ties go to the lowest class index).
+
+Queries are processed in chunks of a fixed size (the last chunk is zero-padded) by a single jitted
+function, so memory stays at ``batch_size * bank_size`` similarities and only one shape compiles.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_EPS = 1e-12
+
+
+def _check_features(x, name: str) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(f"{name} must be 2-D [num_examples, dim], got shape {x.shape}")
+  if x.shape[0] == 0:
+    raise ValueError(f"{name} is empty")
+  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    # bfloat16 and other ml_dtypes are not np.floating; cast them through float32.
+    try:
+      x = x.astype(np.float32)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{name} must be numeric, got dtype {x.dtype}") from e
+  return x.astype(np.float32, copy=False)
+
+
+def _check_labels(y, name: str, num_examples: int, num_classes: int, features_name: str):
+  y = np.asarray(y)
+  if y.ndim != 1 or y.shape[0] != num_examples:
+    raise ValueError(
+        f"{name} must be 1-D with one label per row of {features_name} ({num_examples}), "
+        f"got shape {y.shape}"
+    )
+  if not np.issubdtype(y.dtype, np.integer):
+    if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+      y = y.astype(np.int64)
+    else:
+      raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(
+        f"{name} must lie in [0, num_classes={num_classes}), got range [{y.min()}, {y.max()}]"
+    )
+  return y.astype(np.int32)
+
+
+def _check_num_classes(num_classes) -> int:
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+    raise ValueError(f"num_classes must be an int, got {num_classes!r}")
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+  return int(num_classes)
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """Rows scaled to unit L2 norm (an all-zero row stays zero)."""
+  x = x.astype(jnp.float32)
+  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+  return x / jnp.maximum(norm, _EPS)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "num_classes"))
+def _knn_chunk(bank, bank_labels, query, temperature, *, k: int, num_classes: int):
+  """Predicted labels [B] for one chunk of queries [B, D] against the normalised bank [N, D]."""
+  query = l2_normalize(query)
+  sim = jnp.dot(query, bank.T, precision=jax.lax.Precision.HIGHEST)  # [B, N]
+  top_sim, top_idx = jax.lax.top_k(sim, k)  # [B, k]
+  weights = jnp.exp(top_sim / temperature)
+  top_labels = bank_labels[top_idx]  # [B, k]
+  votes = jnp.einsum(
+      "bk,bkc->bc", weights, jax.nn.one_hot(top_labels, num_classes, dtype=weights.dtype),
+      precision=jax.lax.Precision.HIGHEST,
+  )
+  return jnp.argmax(votes, axis=-1).astype(jnp.int32)
+
+
+@jax.jit
+def _normalize_bank(bank):
+  return l2_normalize(bank)
+
+
+def knn_classify(
+    bank_features,
+    bank_labels,
+    query_features,
+    *,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    batch_size: int = 1024,
+) -> np.ndarray:
+  """Weighted kNN predictions (Wu et al. 2018 / DINO ``eval_knn``) for each query row.
+
+  Args:
+    bank_features: [N, D] features of the labelled bank (e.g. the train split). NumPy or jax.
+    bank_labels: [N] integer labels in [0, num_classes).
+    query_features: [M, D] features to classify (e.g. the test split).
+    num_classes: number of classes.
+    k: number of neighbours, 1 <= k <= N.
+    temperature: softmax-style temperature of the vote weights exp(cos_sim / temperature), > 0.
+    batch_size: queries per jitted chunk (the last chunk is padded to this size).
+
+  Returns:
+    [M] int64 NumPy array of predicted labels.
+  """
+  num_classes = _check_num_classes(num_classes)
+  bank = _check_features(bank_features, "bank_features")
+  query = _check_features(query_features, "query_features")
+  labels = _check_labels(bank_labels, "bank_labels", bank.shape[0], num_classes, "bank_features")
+  if query.shape[1] != bank.shape[1]:
+    raise ValueError(
+        f"query_features has dim {query.shape[1]} but bank_features has dim {bank.shape[1]}"
+    )
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"k must be a positive int, got {k!r}")
+  if k > bank.shape[0]:
+    raise ValueError(f"k={k} is larger than the bank size ({bank.shape[0]} bank_features rows)")
+  if not np.isfinite(temperature) or temperature <= 0:
+    raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+  num_queries = query.shape[0]
+  chunk = int(min(batch_size, num_queries))
+  bank_n = _normalize_bank(jnp.asarray(bank))
+  bank_labels_j = jnp.asarray(labels)
+  temp = jnp.float32(temperature)
+  preds = []
+  for start in range(0, num_queries, chunk):
+    block = query[start:start + chunk]
+    valid = block.shape[0]
+    if valid < chunk:
+      block = np.concatenate([block, np.zeros((chunk - valid, block.shape[1]), block.dtype)])
+    out = _knn_chunk(bank_n, bank_labels_j, jnp.asarray(block), temp, k=int(k),
+                     num_classes=num_classes)
+    preds.append((out, valid))
+  return np.concatenate([np.asarray(p)[:v] for p, v in preds]).astype(np.int64)
+
+
+def knn_accuracy(
+    bank_features,
+    bank_labels,
+    query_features,
+    query_labels,
+    *,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    batch_size: int = 1024,
+) -> float:
+  """Top-1 accuracy in [0, 1] of :func:`knn_classify` against ``query_labels``."""
+  num_classes = _check_num_classes(num_classes)
+  query = _check_features(query_features, "query_features")
+  q_labels = _check_labels(query_labels, "query_labels", query.shape[0], num_classes,
+                           "query_features")
+  preds = knn_classify(bank_features, bank_labels, query, num_classes=num_classes, k=k,
+                       temperature=temperature, batch_size=batch_size)
+  return float(np.mean(preds == q_labels))

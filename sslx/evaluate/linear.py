@@ -1,0 +1,264 @@
+"""Offline linear probe on frozen features.
+
+Protocol (the "offline" linear evaluation: features are extracted once, without augmentation, and
+the encoder is never touched):
+
+1. Features are standardised with the mean and standard deviation of the examples the classifier is
+   fitted on (never with test statistics).
+2. A multinomial logistic regression ``logits = x @ W + b`` is fitted by minimising
+   ``mean_i cross_entropy(softmax(logits_i), y_i) + 0.5 * weight_decay * ||W||^2`` (the bias is
+   not regularised). The objective is convex, so it is solved to convergence with full-batch
+   L-BFGS (``optax.lbfgs`` with its zoom line search), zero-initialised, inside one jitted
+   ``lax.while_loop``; it stops when the gradient norm falls below ``tol`` or after
+   ``max_iters`` iterations. This is the same problem scikit-learn's
+   ``LogisticRegression(C=1 / (weight_decay * n))`` solves.
+3. The weight decay is chosen among ``weight_decays`` by holdout accuracy: a seeded, stratified
+   ``holdout_fraction`` of the train split is held out, a probe is fitted on the rest for each
+   candidate, and the best holdout top-1 wins (ties go to the larger weight decay).
+4. The probe is refitted with the chosen weight decay on the full train split and its top-1 on the
+   test split is reported. The test split is used only once, at the end.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sslx.evaluate.knn import _check_features, _check_labels, _check_num_classes
+
+try:  # optax >= 0.2.5
+  _tree_get, _tree_norm = optax.tree.get, optax.tree.norm
+except AttributeError:  # older optax
+  _tree_get, _tree_norm = optax.tree_utils.tree_get, optax.tree_utils.tree_l2_norm
+
+_STD_EPS = 1e-6
+
+
+def _standardize_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  x64 = x.astype(np.float64)
+  mean = x64.mean(axis=0)
+  std = x64.std(axis=0)
+  std = np.where(std < _STD_EPS, 1.0, std)  # constant features stay (zero) instead of blowing up
+  return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _logits(params, x):
+  return jnp.dot(x, params["w"], precision=jax.lax.Precision.HIGHEST) + params["b"]
+
+
+def _objective(params, x, y, sample_weight, weight_decay):
+  """Weighted mean cross-entropy + 0.5 * weight_decay * ||W||^2 (bias not regularised)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(_logits(params, x), y)
+  mean_ce = jnp.sum(sample_weight * ce) / jnp.sum(sample_weight)
+  return mean_ce + 0.5 * weight_decay * jnp.sum(params["w"] ** 2)
+
+
+def _fit_one(init_params, x, y, sample_weight, weight_decay, tol, max_iters):
+  """L-BFGS on :func:`_objective` from ``init_params``; returns (params, num_iters)."""
+  fun = functools.partial(_objective, x=x, y=y, sample_weight=sample_weight,
+                          weight_decay=weight_decay)
+  opt = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(fun)
+
+  def step(carry):
+    params, state = carry
+    value, grad = value_and_grad(params, state=state)
+    updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
+    return optax.apply_updates(params, updates), state
+
+  def cond(carry):
+    _, state = carry
+    count = _tree_get(state, "count")
+    # After the first step the state holds the gradient at the current params.
+    grad_norm = _tree_norm(_tree_get(state, "grad"))
+    return (count == 0) | ((count < max_iters) & (grad_norm >= tol))
+
+  params, state = jax.lax.while_loop(cond, step, (init_params, opt.init(init_params)))
+  return params, _tree_get(state, "count")
+
+
+@functools.partial(jax.jit, static_argnames=("max_iters",))
+def _fit_lbfgs(init_params, x, y, sample_weight, weight_decays, tol, *, max_iters: int):
+  """One L-BFGS fit per entry of ``weight_decays`` [K], vectorised with vmap.
+
+  The data is shared (the matmuls see K * C output columns, so K candidates cost little more
+  than one); ``init_params`` carries a leading K axis; ``sample_weight`` [N] masks examples out.
+  """
+  return jax.vmap(_fit_one, in_axes=(0, None, None, None, 0, None, None))(
+      init_params, x, y, sample_weight, weight_decays, tol, max_iters)
+
+
+@jax.jit
+def _predict(params, x):
+  return jnp.argmax(_logits(params, x), axis=-1).astype(jnp.int32)
+
+
+def _zero_params(num: int, dim: int, num_classes: int):
+  return {
+      "w": jnp.zeros((num, dim, num_classes), jnp.float32),
+      "b": jnp.zeros((num, num_classes), jnp.float32),
+  }
+
+
+def fit_logistic_regression(
+    features,
+    labels,
+    *,
+    num_classes: int,
+    weight_decay: float,
+    sample_weight=None,
+    max_iters: int = 1000,
+    tol: float = 1e-5,
+):
+  """Fits the multinomial logistic regression of the probe; returns (params, num_iters).
+
+  ``features`` are used as given (standardise them first). ``params`` is
+  ``{"w": [D, C], "b": [C]}``; the objective is :func:`_objective`.
+  """
+  x = jnp.asarray(features, jnp.float32)
+  sw = jnp.ones(x.shape[0], jnp.float32) if sample_weight is None else jnp.asarray(
+      sample_weight, jnp.float32)
+  params, count = _fit_lbfgs(
+      _zero_params(1, x.shape[1], num_classes), x, jnp.asarray(labels, jnp.int32), sw,
+      jnp.full((1,), weight_decay, jnp.float32), jnp.float32(tol), max_iters=int(max_iters))
+  return jax.tree.map(lambda a: a[0], params), int(count[0])
+
+
+def _accuracy(params, x, y: np.ndarray) -> float:
+  return float(np.mean(np.asarray(_predict(params, x)) == y))
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int):
+  """Seeded split of indices into (fit, holdout), with ~``fraction`` of every class held out.
+
+  ``round(fraction * n_c)`` examples of each class ``c`` go to the holdout, but never all of a
+  class, so every class present in ``labels`` is still seen when fitting.
+  """
+  rng = np.random.default_rng(seed)
+  fit_idx, hold_idx = [], []
+  for c in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    n_hold = min(int(round(fraction * idx.size)), idx.size - 1)
+    hold_idx.append(idx[:n_hold])
+    fit_idx.append(idx[n_hold:])
+  return np.sort(np.concatenate(fit_idx)), np.sort(np.concatenate(hold_idx))
+
+
+def linear_probe(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    *,
+    num_classes: int,
+    weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
+    holdout_fraction: float = 0.1,
+    max_iters: int = 1000,
+    tol: float = 1e-5,
+    seed: int = 0,
+) -> dict:
+  """Offline linear probe on frozen features (see the module docstring for the protocol).
+
+  Args:
+    train_features: [N, D] frozen train features (NumPy or jax).
+    train_labels: [N] integer labels in [0, num_classes).
+    test_features: [M, D] frozen test features.
+    test_labels: [M] integer labels.
+    num_classes: number of classes.
+    weight_decays: candidate L2 strengths (``0.5 * wd * ||W||^2`` on top of the mean
+      cross-entropy), each >= 0. With a single candidate no holdout fit is made.
+    holdout_fraction: share of each train class held out to choose the weight decay, in (0, 1).
+    max_iters: L-BFGS iteration cap per fit (each iteration is >= 1 full pass over the data).
+    tol: stop a fit when the gradient norm of the objective falls below this.
+    seed: seeds the holdout split (the fits themselves are deterministic).
+
+  Returns:
+    ``{"top1": test accuracy in [0, 1], "weight_decay": the chosen candidate,
+    "holdout_top1": {candidate: holdout accuracy}, "train_top1": accuracy on the full train
+    split, "num_iters": L-BFGS iterations of the final fit}``.
+  """
+  num_classes = _check_num_classes(num_classes)
+  x_train = _check_features(train_features, "train_features")
+  x_test = _check_features(test_features, "test_features")
+  y_train = _check_labels(train_labels, "train_labels", x_train.shape[0], num_classes,
+                          "train_features")
+  y_test = _check_labels(test_labels, "test_labels", x_test.shape[0], num_classes,
+                         "test_features")
+  if x_test.shape[1] != x_train.shape[1]:
+    raise ValueError(
+        f"test_features has dim {x_test.shape[1]} but train_features has dim {x_train.shape[1]}"
+    )
+  weight_decays = tuple(float(wd) for wd in weight_decays)
+  if not weight_decays:
+    raise ValueError("weight_decays must name at least one candidate")
+  if any(not np.isfinite(wd) or wd < 0 for wd in weight_decays):
+    raise ValueError(f"weight_decays must be finite and >= 0, got {weight_decays}")
+  if not 0.0 < holdout_fraction < 1.0:
+    raise ValueError(f"holdout_fraction must lie in (0, 1), got {holdout_fraction}")
+  if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or max_iters < 1:
+    raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
+
+  n, dim = x_train.shape
+  num_candidates = len(weight_decays)
+  y_train_j = jnp.asarray(y_train)
+  tol_j = jnp.float32(tol)
+  init = _zero_params(num_candidates, dim, num_classes)
+
+  holdout_top1 = {}
+  chosen_index = 0
+  if num_candidates > 1:
+    fit_idx, hold_idx = stratified_split(y_train, holdout_fraction, seed)
+    if hold_idx.size == 0:
+      raise ValueError(
+          f"holdout_fraction={holdout_fraction} leaves no holdout examples out of "
+          f"{n} train_labels; use more data, a larger fraction or one weight decay"
+      )
+    # All candidates are fitted at once on the same (full-size) array; the held-out rows get
+    # zero weight, and the standardisation uses the fitted rows only.
+    hold_mean, hold_std = _standardize_stats(x_train[fit_idx])
+    x_std = jnp.asarray((x_train - hold_mean) / hold_std)
+    fit_mask = np.zeros(n, np.float32)
+    fit_mask[fit_idx] = 1.0
+    hold_params, _ = _fit_lbfgs(init, x_std, y_train_j, jnp.asarray(fit_mask),
+                                jnp.asarray(weight_decays, jnp.float32), tol_j,
+                                max_iters=max_iters)
+    x_hold = x_std[jnp.asarray(hold_idx)]
+    for i, wd in enumerate(weight_decays):
+      holdout_top1[wd] = _accuracy(jax.tree.map(lambda a, i=i: a[i], hold_params), x_hold,
+                                   y_train[hold_idx])
+    # Best holdout accuracy; ties go to the larger (more regularising) weight decay.
+    chosen_index = max(range(num_candidates),
+                       key=lambda i: (holdout_top1[weight_decays[i]], weight_decays[i]))
+    del x_std, x_hold
+  chosen = weight_decays[chosen_index]
+
+  mean, std = _standardize_stats(x_train)
+  if num_candidates > 1:
+    # Warm start from the holdout solution, re-expressed for the new standardisation:
+    # (x - m1) / s1 @ W1 + b1 == (x - m2) / s2 @ (s2 / s1 * W1) + b1 + ((m2 - m1) / s1) @ W1.
+    w1 = np.asarray(hold_params["w"][chosen_index], np.float64)
+    b1 = np.asarray(hold_params["b"][chosen_index], np.float64)
+    w2 = (std / hold_std)[:, None] * w1
+    b2 = b1 + ((mean - hold_mean) / hold_std) @ w1
+    # The same compiled fit is reused (same K and N): every row runs the chosen weight decay.
+    init = {
+        "w": jnp.broadcast_to(jnp.asarray(w2, jnp.float32), init["w"].shape),
+        "b": jnp.broadcast_to(jnp.asarray(b2, jnp.float32), init["b"].shape),
+    }
+  x_std = jnp.asarray((x_train - mean) / std)
+  params, iters = _fit_lbfgs(init, x_std, y_train_j, jnp.ones(n, jnp.float32),
+                             jnp.full((num_candidates,), chosen, jnp.float32), tol_j,
+                             max_iters=max_iters)
+  params = jax.tree.map(lambda a: a[0], params)
+  train_top1 = _accuracy(params, x_std, y_train)
+  top1 = _accuracy(params, jnp.asarray((x_test - mean) / std), y_test)
+  return {
+      "top1": top1,
+      "weight_decay": chosen,
+      "holdout_top1": holdout_top1,
+      "train_top1": train_top1,
+      "num_iters": int(iters[0]),
+  }

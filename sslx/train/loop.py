@@ -1,0 +1,213 @@
+"""The training loop: build the method, data and optimizer from a config, train with periodic
+checkpoints and metrics, resume from the workdir, and evaluate the frozen encoder at the end.
+"""
+
+import importlib
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from sslx import sharding
+from sslx.data import pipeline, sources
+from sslx.evaluate import features as features_lib
+from sslx.evaluate import knn, linear, report
+from sslx.train import optim
+from sslx.train.checkpoint import Checkpointer, abstract_like
+from sslx.train.metrics import MetricWriter
+from sslx.train.state import TrainState
+from sslx.train.step import make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient became NaN or inf; the run stops with its last good checkpoint."""
+
+
+def get_method(config):
+  """The experiment module `experiments.<config.experiment>` builds the Method."""
+  try:
+    module = importlib.import_module(f"experiments.{config.experiment}")
+  except ModuleNotFoundError as e:
+    raise ValueError(f"config.experiment={config.experiment!r}: no module "
+                     f"experiments/{config.experiment}.py (run from the repository root)") from e
+  return module.get_method(config)
+
+
+def _check_workdir(workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(f"--workdir {workdir!r} is not writable")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the results."""
+  sharding.initialize_distributed(config.distributed)
+  _check_workdir(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divisible(config.batch_size, mesh)
+  if config.total_steps < 1:
+    raise ValueError(f"total_steps must be >= 1, got {config.total_steps}")
+  info = sources.get_dataset_info(config.data.name)
+  source_kwargs = dict(data_dir=config.data.data_dir or None,
+                       source_dir=config.data.source_dir or None,
+                       allow_download=config.data.allow_download)
+  train_source = sources.load_source(config.data.name, info.train_split, **source_kwargs)
+  method = get_method(config)
+  tx, schedule = optim.make_optimizer(config.optim, config.batch_size, config.total_steps)
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+  data_iter = pipeline.train_iterator(train_source, global_batch_size=config.batch_size,
+                                      seed=config.seed, worker_count=config.data.worker_count)
+
+  def init_state(rng):
+    init_rng, train_rng = jax.random.split(rng)
+    example = {"image": jnp.zeros((config.batch_size, *info.image_shape), jnp.uint8),
+               "label": jnp.zeros((config.batch_size,), jnp.int32)}
+    variables = dict(method.init(init_rng, example))
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                      opt_state=tx.init(params), rng=train_rng,
+                      nonfinite_steps=jnp.zeros((), jnp.int32))
+
+  state = jax.jit(init_state, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  checkpointer = Checkpointer(workdir, max_to_keep=config.max_checkpoints)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(abstract_like(state), data_iter)
+  start_step = int(state.step)
+  train_step = make_train_step(method, tx, schedule, state_sharding=replicated,
+                               batch_sharding=batch_sharding, metric_sharding=replicated)
+
+  writer = MetricWriter(workdir)
+  is_main = jax.process_index() == 0
+  if is_main and start_step == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  progress = None
+  if is_main and config.progress_bar:
+    from tqdm import tqdm
+    progress = tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step",
+                    dynamic_ncols=True)
+
+  pending, last_log = [], (start_step, time.perf_counter())
+  for step in range(start_step, config.total_steps):
+    batch = pipeline.to_global_batch(next(data_iter), batch_sharding)
+    state, metrics = train_step(state, batch)
+    pending.append(metrics)  # stays on device until the next log
+    done = step + 1
+    if done % config.log_every == 0 or done == config.total_steps:
+      fetched = jax.device_get(pending)
+      pending = []
+      bad = [done - len(fetched) + i + 1 for i, m in enumerate(fetched) if m["train/nonfinite"]]
+      if bad:
+        _stop_nonfinite(bad[0], fetched, checkpointer, writer, progress)
+      summary = {k: np.mean([m[k] for m in fetched]) for k in fetched[-1]}
+      now = time.perf_counter()
+      summary["train/images_per_s"] = (done - last_log[0]) * config.batch_size / (now - last_log[1])
+      summary["train/epoch"] = done * config.batch_size / len(train_source)
+      last_log = (done, now)
+      writer.write(done, summary)
+      if progress is not None:
+        progress.set_postfix(loss=f"{summary['train/loss']:.4f}",
+                             img_s=f"{summary['train/images_per_s']:.0f}")
+        progress.update(done - progress.n)
+    if done % config.checkpoint_every == 0 or done == config.total_steps:
+      if int(state.nonfinite_steps):
+        _stop_nonfinite(None, [], checkpointer, writer, progress)
+      checkpointer.save(done, state, data_iter)
+  checkpointer.wait()
+  if progress is not None:
+    progress.close()
+  writer.flush()
+
+  results = {}
+  if config.eval.enabled:
+    results = evaluate(config, method, state, mesh, info, source_kwargs)
+    if is_main:
+      with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+      print(report.format_table(results["rows"]))
+  writer.close()
+  checkpointer.close()
+  return {"state": state, **results}
+
+
+def _stop_nonfinite(step, fetched, checkpointer, writer, progress):
+  checkpointer.wait()
+  where = f"at step {step}" if step is not None else "since the last log"
+  last = checkpointer.latest_step()
+  kept = (f"the last good checkpoint (step {last}) is kept in {checkpointer.directory}"
+          if last is not None else "no checkpoint had been written yet")
+  if progress is not None:
+    progress.close()
+  writer.close()
+  raise NonFiniteLossError(
+      f"the loss or its gradient became NaN/inf {where}; training stopped and the update was "
+      f"not applied; {kept}. Lower optim.lr, raise loss.temperature, or check the data.")
+
+
+def evaluate(config, method, state, mesh, info, source_kwargs) -> dict:
+  """kNN and linear-probe top-1 of the trained encoder, a random encoder and raw pixels."""
+  test_source = _first(sources.load_source(config.data.name, info.test_split, **source_kwargs),
+                       config.eval.test_examples)
+  train_source = _first(sources.load_source(config.data.name, info.train_split, **source_kwargs),
+                        config.eval.train_examples)
+  bs = config.eval.batch_size
+  candidates = {
+      "SSL encoder": lambda s: features_lib.extract_features(
+          method.apply, state.variables, s, mesh=mesh, batch_size=bs),
+  }
+  if "random_encoder" in config.eval.baselines:
+    random_vars = jax.jit(method.init, out_shardings=sharding.replicated(mesh))(
+        jax.random.PRNGKey(config.seed + 1),
+        {"image": jnp.zeros((bs, *info.image_shape), jnp.uint8),
+         "label": jnp.zeros((bs,), jnp.int32)})
+    candidates["random encoder"] = lambda s: features_lib.extract_features(
+        method.apply, random_vars, s, mesh=mesh, batch_size=bs)
+  if "raw_pixels" in config.eval.baselines:
+    candidates["raw pixels"] = features_lib.raw_pixel_features
+
+  rows = {}
+  for name, featurize in candidates.items():
+    t0 = time.perf_counter()
+    train_x, train_y = featurize(train_source)
+    test_x, test_y = featurize(test_source)
+    row = {"knn_top1": knn.knn_accuracy(
+        train_x, train_y, test_x, test_y, num_classes=info.num_classes,
+        k=config.eval.knn_k, temperature=config.eval.knn_temperature)}
+    if config.eval.linear_probe:
+      probe = linear.linear_probe(train_x, train_y, test_x, test_y,
+                                  num_classes=info.num_classes, seed=config.seed)
+      row["linear_top1"] = probe["top1"]
+    row["feature_dim"] = int(train_x.shape[1])
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    rows[name] = row
+    logging.info("eval %s: %s", name, row)
+  return {"rows": rows, "protocol": {
+      "knn": f"weighted kNN, cosine, k={config.eval.knn_k}, T={config.eval.knn_temperature}, "
+             "bank = train split, queries = test split",
+      "linear": "offline linear probe on frozen features (train split), test-split top-1"},
+      "dataset": config.data.name, "steps": int(state.step)}
+
+
+class _First:
+  """The first n examples of a random-access source (for quick evaluations)."""
+
+  def __init__(self, source, n: int):
+    self.source, self.n = source, n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, index):
+    if not 0 <= index < self.n:
+      raise IndexError(index)
+    return self.source[index]
+
+
+def _first(source, n: int):
+  return _First(source, n) if 0 < n < len(source) else source

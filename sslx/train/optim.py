@@ -1,0 +1,76 @@
+"""Optimizers and learning-rate schedules from config: LARS, SGD and AdamW with warmup + cosine,
+weight decay (and LARS trust ratios) applied to weight matrices only, never to biases or norms.
+"""
+
+import jax
+import optax
+
+OPTIMIZERS = ("lars", "sgd", "adamw")
+
+
+def scaled_learning_rate(config, global_batch_size: int) -> float:
+  """Peak learning rate from `config.lr`, given per 256 examples (Goyal et al. 2017).
+
+  lr_scaling "linear": lr * B / 256 (SimCLR with LARS, BYOL); "sqrt": lr * sqrt(B / 256);
+  "none": lr as written.
+  """
+  if config.lr_scaling == "linear":
+    return config.lr * global_batch_size / 256
+  if config.lr_scaling == "sqrt":
+    return config.lr * (global_batch_size / 256) ** 0.5
+  if config.lr_scaling == "none":
+    return config.lr
+  raise ValueError(
+      f"optim.lr_scaling must be 'linear', 'sqrt' or 'none', got {config.lr_scaling!r}")
+
+
+def make_schedule(config, global_batch_size: int, total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to the peak learning rate, then cosine decay to `end_lr_fraction`."""
+  validate(config, total_steps)
+  peak = scaled_learning_rate(config, global_batch_size)
+  warmup = config.warmup_steps
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=peak * config.end_lr_fraction)
+
+
+def decay_mask(params):
+  """True for weight matrices and conv kernels (ndim > 1); biases and norm scales are excluded,
+  as in SimCLR / BYOL (decaying BN scales fights the normalisation)."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config, global_batch_size: int, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  schedule = make_schedule(config, global_batch_size, total_steps)
+  if config.name == "lars":
+    tx = optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=decay_mask,
+                    trust_coefficient=config.trust_coefficient, trust_ratio_mask=decay_mask,
+                    momentum=config.momentum)
+  elif config.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+                     optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+  else:
+    tx = optax.adamw(schedule, b1=config.b1, b2=config.b2,
+                     weight_decay=config.weight_decay, mask=decay_mask)
+  if config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx, schedule
+
+
+def validate(config, total_steps: int) -> None:
+  """Rejects optimizer settings that would train silently wrong, naming the field."""
+  if config.name not in OPTIMIZERS:
+    raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {config.name!r}")
+  checks = [
+      ("lr", config.lr > 0, "> 0"),
+      ("weight_decay", config.weight_decay >= 0, ">= 0"),
+      ("momentum", 0 <= config.momentum < 1, "in [0, 1)"),
+      ("warmup_steps", 0 <= config.warmup_steps < max(total_steps, 1), "in [0, total_steps)"),
+      ("end_lr_fraction", 0 <= config.end_lr_fraction <= 1, "in [0, 1]"),
+      ("grad_clip_norm", config.grad_clip_norm >= 0, ">= 0 (0 disables clipping)"),
+  ]
+  for field, ok, expected in checks:
+    if not ok:
+      raise ValueError(f"optim.{field} must be {expected}, got {config[field]!r}"
+                       + (f" (total_steps={total_steps})" if field == "warmup_steps" else ""))

@@ -1,0 +1,277 @@
+"""The grain pipeline: the global batch across process counts, epochs, resume, eval, arrays."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sslx.data import pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPE = (3, 2, 1)
+
+
+class Source:
+  """Random access; example i has label i and image pixels i % 251 + the pixel index; records
+  which indices were read."""
+
+  def __init__(self, size: int):
+    self.size = size
+    self.read = []
+    self._lock = threading.Lock()
+
+  def __len__(self):
+    return self.size
+
+  def __getitem__(self, i):
+    i = int(i)
+    if not 0 <= i < self.size:
+      raise IndexError(i)
+    with self._lock:
+      self.read.append(i)
+    image = ((i % 251) + np.arange(np.prod(SHAPE))).reshape(SHAPE).astype(np.uint8)
+    return {"image": image, "label": i}
+
+
+def _image(i):
+  return ((i % 251) + np.arange(np.prod(SHAPE))).reshape(SHAPE).astype(np.uint8)
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _check_rows(batch):
+  """Images match labels (the pipeline keeps each row's image and label together)."""
+  for label, image in zip(batch["label"], batch["image"], strict=True):
+    np.testing.assert_array_equal(image, _image(int(label)))
+
+
+def _stream(src, batch, seed, steps):
+  """Labels of the first `steps` global batches, one process, concatenated."""
+  it = pipeline.train_iterator(src, global_batch_size=batch, seed=seed, process_index=0,
+                               process_count=1)
+  return np.concatenate([b["label"] for b in _take(it, steps)])
+
+
+def test_train_batch_format_and_determinism():
+  src = Source(50)
+  it = pipeline.train_iterator(src, global_batch_size=8, seed=3, process_index=0, process_count=1)
+  b = next(it)
+  assert set(b) == {"image", "label", "mask"}
+  assert b["image"].dtype == np.uint8 and b["image"].shape == (8,) + SHAPE
+  assert b["label"].dtype == np.int32 and b["label"].shape == (8,)
+  assert b["mask"].dtype == np.bool_ and b["mask"].all()
+  _check_rows(b)
+  a = _stream(Source(50), 8, 3, 20)
+  np.testing.assert_array_equal(a, _stream(Source(50), 8, 3, 20))
+  assert not np.array_equal(a, _stream(Source(50), 8, 4, 20))
+  assert not np.array_equal(a[:50], np.arange(50))  # shuffled
+
+
+def test_epochs_each_example_once_and_reshuffled():
+  n, batch = 50, 8  # 50 % 8 != 0: global batches span epoch boundaries
+  labels = _stream(Source(n), batch, seed=0, steps=25)  # 200 positions = 4 epochs
+  epochs = labels.reshape(4, n)
+  for epoch in epochs:
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
+  assert len({tuple(e) for e in epochs}) == 4
+  # Neighbouring seeds do not replay each other's epochs shifted by one.
+  other = _stream(Source(n), batch, seed=1, steps=7)[:n]
+  assert not np.array_equal(other, epochs[1])
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_processes_concatenate_to_the_global_batch(process_count):
+  n, batch, steps = 50, 8, 14  # steps 6, 12: batches across the epoch boundaries at 50, 100
+  reference = _stream(Source(n), batch, seed=7, steps=steps).reshape(steps, batch)
+  local = batch // process_count
+  iters = [
+    pipeline.train_iterator(Source(n), global_batch_size=batch, seed=7, process_index=p,
+                            process_count=process_count)
+    for p in range(process_count)
+  ]
+  for step in range(steps):
+    parts = [next(it) for it in iters]
+    for part in parts:
+      assert part["label"].shape == (local,) and part["image"].shape == (local,) + SHAPE
+      _check_rows(part)
+    np.testing.assert_array_equal(np.concatenate([p["label"] for p in parts]), reference[step])
+
+
+def test_each_process_reads_only_its_rows():
+  n, batch = 1000, 8
+  order = _stream(Source(n), batch, seed=5, steps=n // batch)  # one epoch, positions -> examples
+  positions = np.arange(n)
+  for p in range(2):
+    src = Source(n)
+    it = pipeline.train_iterator(src, global_batch_size=batch, seed=5, process_index=p,
+                                 process_count=2)
+    _take(it, 3)
+    own = set(order[(positions % batch) // (batch // 2) == p].tolist())
+    read = set(src.read)
+    assert read and read <= own, sorted(read - own)[:10]
+
+
+def test_batch_not_divisible_by_process_count():
+  with pytest.raises(ValueError, match="divisible"):
+    pipeline.train_iterator(Source(10), global_batch_size=10, seed=0, process_index=0,
+                            process_count=3)
+  with pytest.raises(ValueError, match="divisible"):
+    pipeline.eval_iterator(Source(10), global_batch_size=10, process_index=0, process_count=4)
+
+
+def test_default_process_layout_is_jax():
+  it = pipeline.train_iterator(Source(20), global_batch_size=4, seed=0)
+  assert next(it)["label"].shape == (4 // jax.process_count(),)
+
+
+def test_get_state_set_state_resumes_exactly():
+  it = pipeline.train_iterator(Source(30), global_batch_size=8, seed=2, process_index=1,
+                               process_count=2)
+  _take(it, 5)
+  state = it.get_state()
+  expected = _take(it, 6)  # crosses the epoch boundary at position 30
+  fresh = pipeline.train_iterator(Source(30), global_batch_size=8, seed=2, process_index=1,
+                                  process_count=2)
+  fresh.set_state(state)
+  for a, b in zip(expected, _take(fresh, 6), strict=True):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_orbax_checkpoint_manager_resumes_exactly(tmp_path):
+  def make():
+    return pipeline.train_iterator(Source(30), global_batch_size=6, seed=9, process_index=0,
+                                   process_count=1)
+
+  it = make()
+  _take(it, 4)
+  with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+    mngr.save(4, args=ocp.args.Composite(
+      params=ocp.args.StandardSave({"w": np.arange(3.0)}),
+      data=grain.checkpoint.CheckpointSave(it)))
+    mngr.wait_until_finished()
+  expected = _take(it, 8)
+
+  restored_it = make()
+  _take(restored_it, 1)  # a different position, to be overwritten by the restore
+  with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+    assert mngr.latest_step() == 4
+    restored = mngr.restore(4, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore({"w": np.zeros(3)}),
+      data=grain.checkpoint.CheckpointRestore(restored_it)))
+  np.testing.assert_array_equal(restored["params"]["w"], np.arange(3.0))
+  for a, b in zip(expected, _take(restored_it, 8), strict=True):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("process_count", [1, 3])
+def test_eval_covers_every_example_once(process_count):
+  n, batch = 23, 6  # 4 global steps, the last with 5 real rows
+  steps = -(-n // batch)
+  per_process = []
+  for p in range(process_count):
+    src = Source(n)
+    batches = list(pipeline.eval_iterator(src, global_batch_size=batch, process_index=p,
+                                          process_count=process_count))
+    assert len(batches) == steps  # every process takes the same number of steps
+    for b in batches:
+      assert set(b) == {"image", "label", "mask"}
+      assert b["label"].shape == (batch // process_count,) and b["mask"].dtype == np.bool_
+      assert b["image"].shape == (batch // process_count,) + SHAPE
+      assert not b["image"][~b["mask"]].any()
+      _check_rows({k: v[b["mask"]] for k, v in b.items()})
+    per_process.append(batches)
+  # Global batch s = the processes' parts concatenated = positions [s*B, (s+1)*B), in order.
+  labels, masks = [], []
+  for s in range(steps):
+    labels.append(np.concatenate([per_process[p][s]["label"] for p in range(process_count)]))
+    masks.append(np.concatenate([per_process[p][s]["mask"] for p in range(process_count)]))
+  labels, masks = np.concatenate(labels), np.concatenate(masks)
+  np.testing.assert_array_equal(labels[masks], np.arange(n))
+  np.testing.assert_array_equal(masks, np.arange(steps * batch) < n)
+
+
+def test_to_global_batch_on_eight_devices():
+  devices = jax.devices()
+  assert len(devices) == 8
+  mesh = Mesh(np.array(devices), ("data",))
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  it = pipeline.train_iterator(Source(40), global_batch_size=16, seed=0, process_index=0,
+                               process_count=1)
+  local = next(it)
+  batch = pipeline.to_global_batch(local, sharding)
+  assert set(batch) == {"image", "label", "mask"}
+  for key, value in batch.items():
+    assert isinstance(value, jax.Array)
+    assert value.shape == local[key].shape and value.dtype == local[key].dtype
+    assert value.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(value), local[key])
+    for shard in value.addressable_shards:
+      assert shard.data.shape[0] == 2
+      np.testing.assert_array_equal(np.asarray(shard.data), local[key][shard.index])
+  # A dict of shardings works too.
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch = pipeline.to_global_batch(local, {"image": sharding, "label": replicated,
+                                           "mask": sharding})
+  assert batch["label"].sharding == replicated
+  np.testing.assert_array_equal(np.asarray(batch["label"]), local["label"])
+
+
+def test_workers_need_parsed_absl_flags(monkeypatch):
+  from absl import flags
+
+  monkeypatch.setattr(type(flags.FLAGS), "is_parsed", lambda self: False)
+  with pytest.raises(RuntimeError, match="absl"):
+    pipeline.train_iterator(Source(10), global_batch_size=2, seed=0, process_index=0,
+                            process_count=1, worker_count=2)
+
+
+_WORKER_SCRIPT = textwrap.dedent("""
+  import sys
+  import numpy as np
+  from absl import app
+  from sslx.data import pipeline
+
+  def main(argv):
+    src = [{"image": np.full((4, 4, 1), i, np.uint8), "label": i} for i in range(37)]
+    kw = dict(global_batch_size=6, seed=11, process_index=1, process_count=2)
+    ref = pipeline.train_iterator(src, **kw)
+    it = pipeline.train_iterator(src, worker_count=2, **kw)
+    for step in range(15):
+      a, b = next(ref), next(it)
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f"step {step} {key}")
+    state = it.get_state()
+    expected = [next(it)["label"] for _ in range(3)]
+    it.set_state(state)  # rewinds the workers
+    got = [next(it)["label"] for _ in range(3)]
+    np.testing.assert_array_equal(np.stack(expected), np.stack(got))
+    it.close()
+    ref.close()
+    print("WORKERS-OK")
+
+  if __name__ == "__main__":
+    app.run(main)  # grain's worker processes read absl flags
+""")
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches(tmp_path):
+  script = tmp_path / "workers.py"
+  script.write_text(_WORKER_SCRIPT)
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0 and "WORKERS-OK" in result.stdout, result.stderr[-3000:]

@@ -1,0 +1,24 @@
+"""The notebooks in colabs/ run top to bottom."""
+
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs(fashion_mnist_dir, monkeypatch):
+  monkeypatch.setenv("SSLX_DATA_DIR", fashion_mnist_dir)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  nb = nbformat.read(os.path.join(REPO, "colabs", "quickstart.ipynb"), as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": os.path.join(REPO, "colabs")}}).execute()
+  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.get("outputs", []))
+  assert "raw pixels" in outputs and "SSL encoder" in outputs
+  assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+             for o in c.get("outputs", []))

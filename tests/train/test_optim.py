@@ -1,0 +1,85 @@
+"""Optimizers and schedules: learning-rate scaling, warmup + cosine values, weight-decay masks,
+and named errors for invalid settings."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import common
+from sslx.train import optim
+
+
+def _config(**overrides):
+  c = common.base_config().optim
+  c.update(overrides)
+  return c
+
+
+def test_schedule_warmup_then_cosine():
+  c = _config(lr=0.4, lr_scaling="linear", warmup_steps=10, end_lr_fraction=0.0)
+  schedule = optim.make_schedule(c, global_batch_size=512, total_steps=110)
+  peak = 0.4 * 512 / 256
+  assert float(schedule(0)) == 0.0
+  np.testing.assert_allclose(float(schedule(5)), peak * 5 / 10, rtol=1e-6)
+  np.testing.assert_allclose(float(schedule(10)), peak, rtol=1e-6)
+  # Cosine from the peak at step 10 to 0 at step 110: half-way is peak / 2.
+  np.testing.assert_allclose(float(schedule(60)), peak / 2, rtol=1e-5)
+  np.testing.assert_allclose(float(schedule(85)), peak * (1 + math.cos(math.pi * 0.75)) / 2,
+                             rtol=1e-5)
+  assert float(schedule(110)) == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("scaling, expected", [("linear", 0.3 * 4), ("sqrt", 0.3 * 2),
+                                               ("none", 0.3)])
+def test_learning_rate_scaling(scaling, expected):
+  assert optim.scaled_learning_rate(_config(lr=0.3, lr_scaling=scaling), 1024) == pytest.approx(
+      expected)
+
+
+def _params():
+  return {"conv": {"kernel": jnp.ones((3, 3, 1, 4))}, "bn": {"scale": jnp.ones(4),
+                                                            "bias": jnp.ones(4)},
+          "dense": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)}}
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_weight_decay_skips_biases_and_norm_parameters(name):
+  """With a zero gradient only weight decay moves parameters: kernels shrink, the rest stays."""
+  c = _config(name=name, lr=0.1, weight_decay=0.5, warmup_steps=0, lr_scaling="none")
+  tx, _ = optim.make_optimizer(c, 256, total_steps=10)
+  params = _params()
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  assert float(new["conv"]["kernel"].max()) < 1.0
+  assert float(new["dense"]["kernel"].max()) < 1.0
+  for leaf in (new["bn"]["scale"], new["bn"]["bias"], new["dense"]["bias"]):
+    np.testing.assert_array_equal(leaf, 1.0)
+
+
+def test_gradient_clipping():
+  c = _config(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, warmup_steps=0,
+              lr_scaling="none", grad_clip_norm=1.0)
+  tx, _ = optim.make_optimizer(c, 256, total_steps=10)
+  params = {"w": jnp.zeros((2, 2))}
+  updates, _ = tx.update({"w": jnp.full((2, 2), 10.0)}, tx.init(params), params)
+  np.testing.assert_allclose(float(optax.global_norm(updates)), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("name", "adam9", "optim.name"),
+    ("lr", 0.0, "optim.lr"),
+    ("lr", -1.0, "optim.lr"),
+    ("weight_decay", -1e-4, "optim.weight_decay"),
+    ("momentum", 1.0, "optim.momentum"),
+    ("warmup_steps", 1000, "optim.warmup_steps"),
+    ("end_lr_fraction", 2.0, "optim.end_lr_fraction"),
+    ("lr_scaling", "cubic", "optim.lr_scaling"),
+])
+def test_invalid_settings_raise_named_errors(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    optim.make_optimizer(_config(**{field: value}), 256, total_steps=1000)

@@ -1,0 +1,185 @@
+"""End-to-end training on the real Fashion-MNIST (smoke config): logging, checkpoints, results,
+equality on 1 and 8 devices, exact resume after SIGKILL, and 2 processes equal to 1."""
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from sslx.train import loop
+from sslx.train.metrics import read_metrics
+from tests.train.helpers import (REPO, main_command, restore_state, run_main, smoke_config,
+                                 subprocess_env)
+
+pytestmark = pytest.mark.slow
+
+
+def _losses(workdir):
+  return [r["train/loss"] for r in read_metrics(str(workdir))]
+
+
+def _read_tensorboard_scalars(tb_dir, tag):
+  """Parses TensorBoard event files by hand (TFRecord framing + Event protos), no TensorFlow."""
+  from tensorboardX.proto import event_pb2
+  values = {}
+  for name in sorted(os.listdir(tb_dir)):
+    with open(os.path.join(tb_dir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        if v.tag == tag:
+          values[event.step] = v.simple_value
+  return values
+
+
+def test_smoke_run_trains_checkpoints_logs_and_evaluates(fashion_mnist_dir, tmp_path):
+  config = smoke_config(fashion_mnist_dir)
+  out = loop.train_and_evaluate(config, str(tmp_path))
+
+  records = read_metrics(str(tmp_path))
+  assert [r["step"] for r in records] == list(range(1, config.total_steps + 1))
+  assert all(np.isfinite(r["train/loss"]) and r["train/loss"] > 0 for r in records)
+  assert records[-1]["train/learning_rate"] < records[2]["train/learning_rate"]  # cosine decay
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+  assert int(out["state"].step) == config.total_steps
+
+  tb = _read_tensorboard_scalars(str(tmp_path / "tb"), "train/loss")
+  assert sorted(tb) == [r["step"] for r in records]
+  np.testing.assert_allclose([tb[r["step"]] for r in records], _losses(tmp_path), rtol=1e-6)
+
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert set(results["rows"]) == {"SSL encoder", "random encoder", "raw pixels"}
+  for row in results["rows"].values():
+    assert 0.1 < row["knn_top1"] <= 1 and 0.1 < row["linear_top1"] <= 1
+  # Real images: raw pixels are far above chance (10%) even on this small subset.
+  assert results["rows"]["raw pixels"]["knn_top1"] > 0.6
+  assert results["rows"]["raw pixels"]["feature_dim"] == 28 * 28
+  assert results["rows"]["SSL encoder"]["feature_dim"] == 16
+
+
+def test_same_losses_on_one_and_eight_devices(fashion_mnist_dir, tmp_path):
+  assert jax.device_count() == 8
+  losses = {}
+  for n in (1, 8):
+    config = smoke_config(fashion_mnist_dir, **{"mesh.num_devices": n, "eval.enabled": False,
+                                                "total_steps": 4})
+    loop.train_and_evaluate(config, str(tmp_path / str(n)))
+    losses[n] = _losses(tmp_path / str(n))
+  assert len(losses[1]) == 4
+  np.testing.assert_allclose(losses[8], losses[1], rtol=2e-5)
+  assert len(set(losses[1])) > 1  # the runs really trained
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(fashion_mnist_dir, tmp_path):
+  flags = ["--config.total_steps=120", "--config.checkpoint_every=10", "--config.eval.enabled=False"]
+  run_main(tmp_path / "straight", fashion_mnist_dir, *flags)
+
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(main_command(killed, fashion_mnist_dir, *flags), cwd=REPO,
+                          env=subprocess_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "10").exists():
+    assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  assert not (killed / "checkpoints" / "120").exists()  # it really stopped part-way
+
+  run_main(killed, fashion_mnist_dir, *flags)
+  step_a, a = restore_state(str(tmp_path / "straight"))
+  step_b, b = restore_state(str(killed))
+  assert step_a == step_b == 120
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 10
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+  np.testing.assert_array_equal(_losses(tmp_path / "straight"), _losses(killed))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_four_devices(fashion_mnist_dir, tmp_path):
+  flags = ["--config.total_steps=4", "--config.eval.train_examples=1000",
+           "--config.eval.test_examples=200", "--config.eval.linear_probe=False",
+           "--config.eval.baselines=()"]
+  run_main(tmp_path / "one", fashion_mnist_dir, *flags, num_devices=4)
+
+  port = _free_port()
+  procs = [subprocess.Popen(
+      main_command(tmp_path / "two", fashion_mnist_dir, *flags,
+                   f"--config.distributed.coordinator_address=localhost:{port}",
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
+      cwd=REPO, env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, o in zip(procs, outputs):
+    assert p.returncode == 0, o[-4000:]
+
+  one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+  assert len(one) == 4
+  np.testing.assert_allclose(two, one, rtol=2e-5)
+  knn = [json.loads((tmp_path / d / "results.json").read_text())["rows"]["SSL encoder"]["knn_top1"]
+         for d in ("one", "two")]
+  assert knn[0] == pytest.approx(knn[1], abs=1 / 200)
+  # Both processes wrote their part of the checkpoint (the grain iterator state is per process).
+  assert sorted(os.listdir(tmp_path / "two" / "checkpoints" / "4" / "data")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_dir, tmp_path):
+  # An absurd SGD step makes the weights overflow within a few steps.
+  config = smoke_config(fashion_mnist_dir, **{
+      "optim.name": "sgd", "optim.lr": 1e30, "optim.lr_scaling": "none", "optim.warmup_steps": 0,
+      "checkpoint_every": 1, "log_every": 1, "total_steps": 20, "eval.enabled": False})
+  with pytest.raises(loop.NonFiniteLossError, match=r"NaN/inf at step \d+") as info:
+    loop.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(info.value.args[0].split("at step ")[1].split(";")[0])
+  step, state = restore_state(str(tmp_path))
+  assert step == bad_step - 1
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+  assert f"step {step}" in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"batch_size": 12}, "batch_size=12 must be divisible by the 8 devices"),
+    ({"data.name": "imagenet3000"}, "imagenet3000"),
+    ({"experiment": "nosuchmethod"}, "nosuchmethod"),
+    ({"total_steps": 0}, "total_steps"),
+    ({"mesh.num_devices": 9}, "mesh.num_devices"),
+])
+def test_bad_config_values_fail_before_training(fashion_mnist_dir, tmp_path, overrides, match):
+  config = smoke_config(fashion_mnist_dir, **overrides)
+  with pytest.raises(ValueError, match=match):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_unwritable_workdir_is_reported(fashion_mnist_dir, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises((PermissionError, FileExistsError, NotADirectoryError), match="file"):
+    loop.train_and_evaluate(smoke_config(fashion_mnist_dir), str(blocker / "run"))
+
+
+def test_unknown_config_key_is_named_on_the_command_line(fashion_mnist_dir, tmp_path):
+  result = subprocess.run(main_command(tmp_path, fashion_mnist_dir, "--config.optim.lrr=0.1"),
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode != 0
+  assert "lrr" in result.stderr
