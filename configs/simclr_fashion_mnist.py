@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.block = "basic"
   c.model.width = 16
   c.model.stem = "cifar"
+  c.model.stem_stride = 0  # 0: the stem's default (1 for "cifar")
   c.model.zero_init_residual = False
 
   c.projector = ml_collections.ConfigDict()

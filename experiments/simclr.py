@@ -18,7 +18,8 @@ class SimCLRModel(nnx.Module):
     m = config.model
     self.encoder = resnet(in_channels, depth=m.depth or None, stage_sizes=m.stage_sizes,
                           block=m.block, width=m.width, stem=m.stem,
-                          zero_init_residual=m.zero_init_residual, rngs=rngs)
+                          zero_init_residual=m.zero_init_residual,
+                          stem_stride=m.stem_stride or None, rngs=rngs)
     p = config.projector
     self.projector = MLP(self.encoder.num_features, tuple(p.hidden), p.out_features, rngs=rngs)
 

@@ -7,7 +7,8 @@ votes for its own label with weight ``exp(similarity / temperature)``. The predi
 with the largest summed vote (ties go to the lowest class index).
 
 Queries are processed in chunks of a fixed size (the last chunk is zero-padded) by a single jitted
-function, so memory stays at ``batch_size * bank_size`` similarities and only one shape compiles.
+function, so memory stays at ``batch_size * bank_size`` similarities (at most 2**28; the chunk is
+made smaller for huge banks) and only one shape compiles.
 """
 
 import functools
@@ -17,21 +18,25 @@ import jax.numpy as jnp
 import numpy as np
 
 _EPS = 1e-12
+# Upper bound on the [chunk, bank] similarity matrix (2**28 float32 = 1 GiB): batch_size is lowered
+# for very large banks so memory stays bounded.
+_MAX_SIM_ELEMENTS = 2**28
 
 
 def _check_features(x, name: str) -> np.ndarray:
+  """``x`` as a float32 [num_examples, dim] NumPy array (NumPy, jax, bfloat16 ... accepted)."""
   x = np.asarray(x)
   if x.ndim != 2:
     raise ValueError(f"{name} must be 2-D [num_examples, dim], got shape {x.shape}")
-  if x.shape[0] == 0:
-    raise ValueError(f"{name} is empty")
-  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-    # bfloat16 and other ml_dtypes are not np.floating; cast them through float32.
-    try:
-      x = x.astype(np.float32)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"{name} must be numeric, got dtype {x.dtype}") from e
-  return x.astype(np.float32, copy=False)
+  if x.shape[0] == 0 or x.shape[1] == 0:
+    raise ValueError(f"{name} is empty (shape {x.shape})")
+  try:
+    x = x.astype(np.float32, copy=False)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name} must be numeric, got dtype {x.dtype}") from e
+  if not np.isfinite(x).all():
+    raise ValueError(f"{name} contains NaN or infinite values")
+  return x
 
 
 def _check_labels(y, name: str, num_examples: int, num_classes: int, features_name: str):
@@ -68,24 +73,84 @@ def l2_normalize(x: jax.Array) -> jax.Array:
   return x / jnp.maximum(norm, _EPS)
 
 
+def _top_k(bank, query, k: int):
+  """Cosine similarities [B, k] (descending) and bank indices [B, k] of the k nearest entries."""
+  sim = jnp.dot(l2_normalize(query), bank.T, precision=jax.lax.Precision.HIGHEST)  # [B, N]
+  return jax.lax.top_k(sim, k)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _neighbors_chunk(bank, query, *, k: int):
+  return _top_k(bank, query, k)
+
+
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _knn_chunk(bank, bank_labels, query, temperature, *, k: int, num_classes: int):
   """Predicted labels [B] for one chunk of queries [B, D] against the normalised bank [N, D]."""
-  query = l2_normalize(query)
-  sim = jnp.dot(query, bank.T, precision=jax.lax.Precision.HIGHEST)  # [B, N]
-  top_sim, top_idx = jax.lax.top_k(sim, k)  # [B, k]
-  weights = jnp.exp(top_sim / temperature)
-  top_labels = bank_labels[top_idx]  # [B, k]
+  top_sim, top_idx = _top_k(bank, query, k)
+  weights = jnp.exp(top_sim / temperature)  # [B, k]
   votes = jnp.einsum(
-      "bk,bkc->bc", weights, jax.nn.one_hot(top_labels, num_classes, dtype=weights.dtype),
+      "bk,bkc->bc", weights, jax.nn.one_hot(bank_labels[top_idx], num_classes, dtype=jnp.float32),
       precision=jax.lax.Precision.HIGHEST,
-  )
+  )  # [B, C]
   return jnp.argmax(votes, axis=-1).astype(jnp.int32)
 
 
 @jax.jit
 def _normalize_bank(bank):
   return l2_normalize(bank)
+
+
+def _check_k(k, bank_size: int):
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"k must be a positive int, got {k!r}")
+  if k > bank_size:
+    raise ValueError(f"k={k} is larger than the bank size ({bank_size} bank_features rows)")
+  return int(k)
+
+
+def _check_batch_size(batch_size):
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  return int(batch_size)
+
+
+def _check_query(query, bank):
+  if query.shape[1] != bank.shape[1]:
+    raise ValueError(
+        f"query_features has dim {query.shape[1]} but bank_features has dim {bank.shape[1]}"
+    )
+
+
+def _chunked(fn, query: np.ndarray, batch_size: int, bank_size: int):
+  """Applies ``fn`` to fixed-size chunks of ``query`` (the last one zero-padded) and returns the
+  outputs trimmed to the real rows, as NumPy."""
+  num_queries = query.shape[0]
+  chunk = max(1, min(batch_size, num_queries, _MAX_SIM_ELEMENTS // bank_size))
+  outs = []
+  for start in range(0, num_queries, chunk):
+    block = query[start:start + chunk]
+    valid = block.shape[0]
+    if valid < chunk:
+      block = np.concatenate([block, np.zeros((chunk - valid, block.shape[1]), block.dtype)])
+    outs.append((fn(jnp.asarray(block)), valid))  # dispatched asynchronously
+  return [jax.tree.map(lambda a, v=valid: np.asarray(a)[:v], out) for out, valid in outs]
+
+
+def nearest_neighbors(bank_features, query_features, *, k: int, batch_size: int = 1024):
+  """The ``k`` most cosine-similar bank rows of every query row.
+
+  Returns (similarities [M, k] float32 in descending order, indices [M, k] int64) as NumPy.
+  """
+  bank = _check_features(bank_features, "bank_features")
+  query = _check_features(query_features, "query_features")
+  _check_query(query, bank)
+  k = _check_k(k, bank.shape[0])
+  batch_size = _check_batch_size(batch_size)
+  bank_n = _normalize_bank(jnp.asarray(bank))
+  outs = _chunked(lambda q: _neighbors_chunk(bank_n, q, k=k), query, batch_size, bank.shape[0])
+  return (np.concatenate([s for s, _ in outs]),
+          np.concatenate([i for _, i in outs]).astype(np.int64))
 
 
 def knn_classify(
@@ -106,7 +171,7 @@ def knn_classify(
     query_features: [M, D] features to classify (e.g. the test split).
     num_classes: number of classes.
     k: number of neighbours, 1 <= k <= N.
-    temperature: softmax-style temperature of the vote weights exp(cos_sim / temperature), > 0.
+    temperature: temperature of the vote weights exp(cos_sim / temperature), > 0.
     batch_size: queries per jitted chunk (the last chunk is padded to this size).
 
   Returns:
@@ -116,34 +181,19 @@ def knn_classify(
   bank = _check_features(bank_features, "bank_features")
   query = _check_features(query_features, "query_features")
   labels = _check_labels(bank_labels, "bank_labels", bank.shape[0], num_classes, "bank_features")
-  if query.shape[1] != bank.shape[1]:
-    raise ValueError(
-        f"query_features has dim {query.shape[1]} but bank_features has dim {bank.shape[1]}"
-    )
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"k must be a positive int, got {k!r}")
-  if k > bank.shape[0]:
-    raise ValueError(f"k={k} is larger than the bank size ({bank.shape[0]} bank_features rows)")
+  _check_query(query, bank)
+  k = _check_k(k, bank.shape[0])
   if not np.isfinite(temperature) or temperature <= 0:
     raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  batch_size = _check_batch_size(batch_size)
 
-  num_queries = query.shape[0]
-  chunk = int(min(batch_size, num_queries))
   bank_n = _normalize_bank(jnp.asarray(bank))
   bank_labels_j = jnp.asarray(labels)
   temp = jnp.float32(temperature)
-  preds = []
-  for start in range(0, num_queries, chunk):
-    block = query[start:start + chunk]
-    valid = block.shape[0]
-    if valid < chunk:
-      block = np.concatenate([block, np.zeros((chunk - valid, block.shape[1]), block.dtype)])
-    out = _knn_chunk(bank_n, bank_labels_j, jnp.asarray(block), temp, k=int(k),
-                     num_classes=num_classes)
-    preds.append((out, valid))
-  return np.concatenate([np.asarray(p)[:v] for p, v in preds]).astype(np.int64)
+  outs = _chunked(lambda q: _knn_chunk(bank_n, bank_labels_j, q, temp, k=k,
+                                       num_classes=num_classes), query, batch_size,
+                  bank.shape[0])
+  return np.concatenate(outs).astype(np.int64)
 
 
 def knn_accuracy(

@@ -81,14 +81,10 @@ def _fit_one(init_params, x, y, sample_weight, weight_decay, tol, max_iters):
 
 
 @functools.partial(jax.jit, static_argnames=("max_iters",))
-def _fit_lbfgs(init_params, x, y, sample_weight, weight_decays, tol, *, max_iters: int):
-  """One L-BFGS fit per entry of ``weight_decays`` [K], vectorised with vmap.
-
-  The data is shared (the matmuls see K * C output columns, so K candidates cost little more
-  than one); ``init_params`` carries a leading K axis; ``sample_weight`` [N] masks examples out.
-  """
-  return jax.vmap(_fit_one, in_axes=(0, None, None, None, 0, None, None))(
-      init_params, x, y, sample_weight, weight_decays, tol, max_iters)
+def _fit_lbfgs(init_params, x, y, sample_weight, weight_decay, tol, *, max_iters: int):
+  """Jitted :func:`_fit_one`. ``sample_weight`` [N] (0 masks a row out) lets fits on subsets of
+  the rows reuse the compiled function of the full array."""
+  return _fit_one(init_params, x, y, sample_weight, weight_decay, tol, max_iters)
 
 
 @jax.jit
@@ -96,11 +92,9 @@ def _predict(params, x):
   return jnp.argmax(_logits(params, x), axis=-1).astype(jnp.int32)
 
 
-def _zero_params(num: int, dim: int, num_classes: int):
-  return {
-      "w": jnp.zeros((num, dim, num_classes), jnp.float32),
-      "b": jnp.zeros((num, num_classes), jnp.float32),
-  }
+def _zero_params(dim: int, num_classes: int):
+  return {"w": jnp.zeros((dim, num_classes), jnp.float32),
+          "b": jnp.zeros((num_classes,), jnp.float32)}
 
 
 def fit_logistic_regression(
@@ -110,21 +104,25 @@ def fit_logistic_regression(
     num_classes: int,
     weight_decay: float,
     sample_weight=None,
-    max_iters: int = 1000,
-    tol: float = 1e-5,
+    init_params=None,
+    max_iters: int = 500,
+    tol: float = 1e-4,
 ):
   """Fits the multinomial logistic regression of the probe; returns (params, num_iters).
 
   ``features`` are used as given (standardise them first). ``params`` is
-  ``{"w": [D, C], "b": [C]}``; the objective is :func:`_objective`.
+  ``{"w": [D, C], "b": [C]}``; the objective is :func:`_objective`, started from zeros unless
+  ``init_params`` is given.
   """
   x = jnp.asarray(features, jnp.float32)
   sw = jnp.ones(x.shape[0], jnp.float32) if sample_weight is None else jnp.asarray(
       sample_weight, jnp.float32)
+  if init_params is None:
+    init_params = _zero_params(x.shape[1], num_classes)
   params, count = _fit_lbfgs(
-      _zero_params(1, x.shape[1], num_classes), x, jnp.asarray(labels, jnp.int32), sw,
-      jnp.full((1,), weight_decay, jnp.float32), jnp.float32(tol), max_iters=int(max_iters))
-  return jax.tree.map(lambda a: a[0], params), int(count[0])
+      init_params, x, jnp.asarray(labels, jnp.int32), sw, jnp.float32(weight_decay),
+      jnp.float32(tol), max_iters=int(max_iters))
+  return params, int(count)
 
 
 def _accuracy(params, x, y: np.ndarray) -> float:
@@ -156,8 +154,8 @@ def linear_probe(
     num_classes: int,
     weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
     holdout_fraction: float = 0.1,
-    max_iters: int = 1000,
-    tol: float = 1e-5,
+    max_iters: int = 500,
+    tol: float = 1e-4,
     seed: int = 0,
 ) -> dict:
   """Offline linear probe on frozen features (see the module docstring for the protocol).
@@ -178,7 +176,8 @@ def linear_probe(
   Returns:
     ``{"top1": test accuracy in [0, 1], "weight_decay": the chosen candidate,
     "holdout_top1": {candidate: holdout accuracy}, "train_top1": accuracy on the full train
-    split, "num_iters": L-BFGS iterations of the final fit}``.
+    split, "num_iters": L-BFGS iterations of the final fit, "converged": whether it stopped on
+    ``tol`` before ``max_iters``}``.
   """
   num_classes = _check_num_classes(num_classes)
   x_train = _check_features(train_features, "train_features")
@@ -201,64 +200,66 @@ def linear_probe(
   if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or max_iters < 1:
     raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
 
-  n, dim = x_train.shape
-  num_candidates = len(weight_decays)
+  n = x_train.shape[0]
   y_train_j = jnp.asarray(y_train)
-  tol_j = jnp.float32(tol)
-  init = _zero_params(num_candidates, dim, num_classes)
+
+  def fit(x_std, sample_weight, wd, init):
+    params, _ = fit_logistic_regression(x_std, y_train_j, num_classes=num_classes,
+                                        weight_decay=wd, sample_weight=sample_weight,
+                                        init_params=init, max_iters=max_iters, tol=tol)
+    return params
 
   holdout_top1 = {}
-  chosen_index = 0
-  if num_candidates > 1:
+  init = None
+  if len(weight_decays) > 1:
     fit_idx, hold_idx = stratified_split(y_train, holdout_fraction, seed)
     if hold_idx.size == 0:
       raise ValueError(
           f"holdout_fraction={holdout_fraction} leaves no holdout examples out of "
           f"{n} train_labels; use more data, a larger fraction or one weight decay"
       )
-    # All candidates are fitted at once on the same (full-size) array; the held-out rows get
-    # zero weight, and the standardisation uses the fitted rows only.
+    # The candidates are fitted on the full-size array with the held-out rows weighted 0, so that
+    # every fit (and the final refit) reuses one compiled function; the standardisation uses the
+    # fitted rows only.
     hold_mean, hold_std = _standardize_stats(x_train[fit_idx])
     x_std = jnp.asarray((x_train - hold_mean) / hold_std)
     fit_mask = np.zeros(n, np.float32)
     fit_mask[fit_idx] = 1.0
-    hold_params, _ = _fit_lbfgs(init, x_std, y_train_j, jnp.asarray(fit_mask),
-                                jnp.asarray(weight_decays, jnp.float32), tol_j,
-                                max_iters=max_iters)
+    fit_mask = jnp.asarray(fit_mask)
     x_hold = x_std[jnp.asarray(hold_idx)]
-    for i, wd in enumerate(weight_decays):
-      holdout_top1[wd] = _accuracy(jax.tree.map(lambda a, i=i: a[i], hold_params), x_hold,
-                                   y_train[hold_idx])
+    solutions = {}
+    # Continuation: from the strongest to the weakest weight decay, each fit starts from the
+    # previous solution. The objectives are convex, so this only saves iterations.
+    for wd in sorted(set(weight_decays), reverse=True):
+      init = fit(x_std, fit_mask, wd, init)
+      solutions[wd] = init
+      holdout_top1[wd] = _accuracy(init, x_hold, y_train[hold_idx])
+    holdout_top1 = {wd: holdout_top1[wd] for wd in weight_decays}
     # Best holdout accuracy; ties go to the larger (more regularising) weight decay.
-    chosen_index = max(range(num_candidates),
-                       key=lambda i: (holdout_top1[weight_decays[i]], weight_decays[i]))
+    chosen = max(weight_decays, key=lambda wd: (holdout_top1[wd], wd))
     del x_std, x_hold
-  chosen = weight_decays[chosen_index]
+  else:
+    chosen = weight_decays[0]
 
   mean, std = _standardize_stats(x_train)
-  if num_candidates > 1:
-    # Warm start from the holdout solution, re-expressed for the new standardisation:
+  if holdout_top1:
+    # Warm start from the chosen holdout solution, re-expressed for the new standardisation:
     # (x - m1) / s1 @ W1 + b1 == (x - m2) / s2 @ (s2 / s1 * W1) + b1 + ((m2 - m1) / s1) @ W1.
-    w1 = np.asarray(hold_params["w"][chosen_index], np.float64)
-    b1 = np.asarray(hold_params["b"][chosen_index], np.float64)
-    w2 = (std / hold_std)[:, None] * w1
-    b2 = b1 + ((mean - hold_mean) / hold_std) @ w1
-    # The same compiled fit is reused (same K and N): every row runs the chosen weight decay.
+    w1 = np.asarray(solutions[chosen]["w"], np.float64)
+    b1 = np.asarray(solutions[chosen]["b"], np.float64)
     init = {
-        "w": jnp.broadcast_to(jnp.asarray(w2, jnp.float32), init["w"].shape),
-        "b": jnp.broadcast_to(jnp.asarray(b2, jnp.float32), init["b"].shape),
+        "w": jnp.asarray((std / hold_std)[:, None] * w1, jnp.float32),
+        "b": jnp.asarray(b1 + ((mean - hold_mean) / hold_std) @ w1, jnp.float32),
     }
   x_std = jnp.asarray((x_train - mean) / std)
-  params, iters = _fit_lbfgs(init, x_std, y_train_j, jnp.ones(n, jnp.float32),
-                             jnp.full((num_candidates,), chosen, jnp.float32), tol_j,
-                             max_iters=max_iters)
-  params = jax.tree.map(lambda a: a[0], params)
-  train_top1 = _accuracy(params, x_std, y_train)
-  top1 = _accuracy(params, jnp.asarray((x_test - mean) / std), y_test)
+  params, iters = fit_logistic_regression(
+      x_std, y_train_j, num_classes=num_classes, weight_decay=chosen,
+      sample_weight=jnp.ones(n, jnp.float32), init_params=init, max_iters=max_iters, tol=tol)
   return {
-      "top1": top1,
+      "top1": _accuracy(params, jnp.asarray((x_test - mean) / std), y_test),
       "weight_decay": chosen,
       "holdout_top1": holdout_top1,
-      "train_top1": train_top1,
-      "num_iters": int(iters[0]),
+      "train_top1": _accuracy(params, x_std, y_train),
+      "num_iters": iters,
+      "converged": iters < max_iters,
   }

@@ -138,8 +138,8 @@ def test_two_processes_match_one_process_with_four_devices(fashion_mnist_dir, tm
          for d in ("one", "two")]
   assert knn[0] == pytest.approx(knn[1], abs=1 / 200)
   # Both processes wrote their part of the checkpoint (the grain iterator state is per process).
-  assert sorted(os.listdir(tmp_path / "two" / "checkpoints" / "4" / "data")) == [
-      "process_0-of-2.json", "process_1-of-2.json"]
+  saved = set(os.listdir(tmp_path / "two" / "checkpoints" / "4" / "data"))
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= saved
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_dir, tmp_path):
