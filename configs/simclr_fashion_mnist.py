@@ -20,17 +20,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base_config()
   c.experiment = "simclr"
   c.batch_size = 256
-  c.total_steps = 600
+  c.total_steps = 300
   c.log_every = 20
-  c.checkpoint_every = 200
+  c.checkpoint_every = 100
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = 0  # 0: use stage_sizes/block below; 18, 34, 50, ... for the published ResNets
   c.model.stage_sizes = (1, 1, 1)
   c.model.block = "basic"
-  c.model.width = 16
+  c.model.width = 32
   c.model.stem = "cifar"
-  c.model.stem_stride = 0  # 0: the stem's default (1 for "cifar")
+  # Stride 2 in the stem: 14x14 feature maps cost a quarter of 28x28 on this CPU, which buys a
+  # wider network; at equal CPU time it beat width 16 at full resolution by ~3 kNN points.
+  c.model.stem_stride = 2  # 0: the stem's default (1 for "cifar")
   c.model.zero_init_residual = False
 
   c.projector = ml_collections.ConfigDict()
@@ -51,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment.solarize_prob = 0.0
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.temperature = 0.2
+  c.loss.temperature = 0.1
 
   c.optim.name = "lars"
   c.optim.lr = 1.0
@@ -66,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.progress_bar = False
     c.model.stage_sizes = (1, 1)
     c.model.width = 8
+    c.model.stem_stride = 0
     c.projector.hidden = (32,)
     c.projector.out_features = 16
     c.optim.warmup_steps = 2

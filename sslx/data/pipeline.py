@@ -98,23 +98,33 @@ class _TrainRow:
     }
 
 
-class _EvalRow:
-  """position -> the example at that position, or a zero row with mask False past the end."""
+def read_examples(source: Any, indices) -> list:
+  """The examples at `indices`, read in one call where the source supports it (tfds array_record
+  sources read a batch ~5x faster through `__getitems__` than one record at a time)."""
+  indices = [int(i) for i in indices]
+  if hasattr(source, "__getitems__"):
+    return list(source.__getitems__(indices))
+  return [source[i] for i in indices]
+
+
+class _EvalBatch:
+  """positions [L] -> {"image", "label", "mask"} for the examples there, read together; positions
+  past the end of the split give zero rows with mask False."""
 
   def __init__(self, source: Any, image_shape: tuple[int, ...]):
     self._source = source
     self._size = len(source)
     self._image_shape = image_shape
 
-  def __call__(self, position: int) -> dict[str, np.ndarray]:
-    position = int(position)
-    if position < self._size:
-      return _TrainRow()(self._source[position])
-    return {
-      "image": np.zeros(self._image_shape, np.uint8),
-      "label": np.asarray(0, np.int32),
-      "mask": np.asarray(False),
-    }
+  def __call__(self, positions) -> dict[str, np.ndarray]:
+    positions = np.asarray(positions)
+    mask = positions < self._size
+    images = np.zeros((len(positions), *self._image_shape), np.uint8)
+    labels = np.zeros((len(positions),), np.int32)
+    for row, example in zip(np.flatnonzero(mask), read_examples(self._source, positions[mask])):
+      images[row] = example["image"]
+      labels[row] = example["label"]
+    return {"image": images, "label": labels, "mask": mask}
 
 
 def train_iterator(source: Any, *, global_batch_size: int, seed: int,
@@ -172,12 +182,9 @@ def eval_iterator(source: Any, *, global_batch_size: int, process_index: Optiona
     raise ValueError("eval_iterator: the source is empty")
   steps = -(-size // global_batch_size)
   image_shape = np.asarray(source[0]["image"]).shape
-  ds = (
-    grain.MapDataset.range(steps * global_batch_size)
-    .map(_EvalRow(source, image_shape))
-    .batch(local, drop_remainder=True)
-  )
-  ds = ds[process_index::process_count]
+  ds = grain.MapDataset.range(steps * global_batch_size).batch(local, drop_remainder=True)
+  # Slice before reading, so each process reads only its own rows.
+  ds = ds[process_index::process_count].map(_EvalBatch(source, image_shape))
   return iter(ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS))
 
 

@@ -35,6 +35,7 @@ def extract_features(apply_fn, variables, source, *, mesh, batch_size: int):
 
 def raw_pixel_features(source) -> tuple[np.ndarray, np.ndarray]:
   """Flattened pixels in [0, 1]: the baseline any representation has to beat."""
-  images = np.stack([source[i]["image"] for i in range(len(source))])
-  labels = np.asarray([source[i]["label"] for i in range(len(source))], np.int64)
+  examples = pipeline.read_examples(source, range(len(source)))
+  images = np.stack([np.asarray(e["image"]) for e in examples])
+  labels = np.asarray([e["label"] for e in examples], np.int64)
   return images.reshape(len(images), -1).astype(np.float32) / 255.0, labels

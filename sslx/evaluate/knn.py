@@ -101,8 +101,12 @@ def _normalize_bank(bank):
   return l2_normalize(bank)
 
 
+def _is_positive_int(x) -> bool:
+  return not isinstance(x, bool) and isinstance(x, (int, np.integer)) and x >= 1
+
+
 def _check_k(k, bank_size: int):
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+  if not _is_positive_int(k):
     raise ValueError(f"k must be a positive int, got {k!r}")
   if k > bank_size:
     raise ValueError(f"k={k} is larger than the bank size ({bank_size} bank_features rows)")
@@ -110,7 +114,7 @@ def _check_k(k, bank_size: int):
 
 
 def _check_batch_size(batch_size):
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+  if not _is_positive_int(batch_size):
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
   return int(batch_size)
 
