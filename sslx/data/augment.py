@@ -64,30 +64,23 @@ def _is_static_number(x) -> bool:
   return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
+def _check_rank_and_channels(x, name: str, rank: int):
+  what = "a single image of rank 3 [H, W, C]" if rank == 3 else "a batch of rank 4 [B, H, W, C]"
+  if x.ndim != rank:
+    raise ValueError(
+      f"{name}: expected {what}, got rank {x.ndim} with shape {tuple(x.shape)}")
+  if x.shape[-1] not in (1, 3):
+    raise ValueError(
+      f"{name}: expected C (last axis) to be 1 or 3, got C={x.shape[-1]} "
+      f"in shape {tuple(x.shape)}")
+
+
 def _check_image(image, name: str = "image"):
-  if image.ndim != 3:
-    raise ValueError(
-      f"{name}: expected a single image of rank 3 [H, W, C], got rank {image.ndim} "
-      f"with shape {tuple(image.shape)}"
-    )
-  if image.shape[-1] not in (1, 3):
-    raise ValueError(
-      f"{name}: expected C (last axis) to be 1 or 3, got C={image.shape[-1]} "
-      f"in shape {tuple(image.shape)}"
-    )
+  _check_rank_and_channels(image, name, 3)
 
 
 def _check_batch(images, name: str = "images"):
-  if images.ndim != 4:
-    raise ValueError(
-      f"{name}: expected a batch of rank 4 [B, H, W, C], got rank {images.ndim} "
-      f"with shape {tuple(images.shape)}"
-    )
-  if images.shape[-1] not in (1, 3):
-    raise ValueError(
-      f"{name}: expected C (last axis) to be 1 or 3, got C={images.shape[-1]} "
-      f"in shape {tuple(images.shape)}"
-    )
+  _check_rank_and_channels(images, name, 4)
 
 
 def _check_prob(name: str, value):
