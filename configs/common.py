@@ -26,11 +26,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.shape = (-1,)
   c.mesh.axes = ("data",)
 
-  # Multi-process start-up; left empty, SLURM / TPU / JAX_COORDINATOR_ADDRESS are auto-detected.
+  # Multi-process start-up: explicit (coordinator_address, num_processes, process_id), or
+  # auto_detect=True to let jax.distributed find SLURM / Open MPI / TPU pod settings.
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator_address = ""
   c.distributed.num_processes = 1
   c.distributed.process_id = 0
+  c.distributed.auto_detect = False
+  c.distributed.timeout_s = 300
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "lars"  # lars | sgd | adamw

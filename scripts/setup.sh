@@ -21,11 +21,16 @@ want=$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)-$("$PYTHON" -c 'im
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/python ]; then
   exit 0
 fi
-command -v uv >/dev/null || "$PYTHON" -m pip install -q uv
 if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "${want##*-}" ]; then
   rm -rf .venv  # made by another Python version
 fi
-[ -x .venv/bin/python ] || uv venv -q -p "$PYTHON" .venv
+if [ ! -x .venv/bin/python ]; then
+  # Debian's system Python needs python3-venv for this; pyenv / python.org builds have it.
+  "$PYTHON" -m venv .venv || { command -v apt-get >/dev/null && apt-get install -y -qq python3-venv \
+    >/dev/null && rm -rf .venv && "$PYTHON" -m venv .venv; }
+fi
+# uv lives inside .venv, so neither a global uv nor a pip-writable system Python is needed.
+[ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q uv
 echo "[setup] installing sslx and its dependencies into .venv"
-uv pip install -q -p .venv/bin/python -e '.[test]'
+.venv/bin/uv pip install -q -p .venv/bin/python -e '.[test]'
 echo "$want" > "$stamp"

@@ -15,22 +15,21 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed(config) -> None:
-  """Starts JAX's multi-controller runtime when the config or the environment asks for it.
+  """Starts JAX's multi-controller runtime when the config asks for it.
 
-  `config.coordinator_address`, `num_processes` and `process_id` set explicitly (e.g. for
-  localhost tests) take precedence; otherwise `jax.distributed.initialize()` auto-detects SLURM,
-  Open MPI, TPU pod slices and `JAX_COORDINATOR_ADDRESS`. A single process needs none of this.
+  Explicit: `config.coordinator_address`, `num_processes` and `process_id` (e.g. localhost tests,
+  or your own launcher). `config.auto_detect=True` lets `jax.distributed.initialize()` find the
+  cluster itself (SLURM under srun, Open MPI, TPU pod slices, JAX_COORDINATOR_ADDRESS with
+  JAX_NUM_PROCESSES / JAX_PROCESS_ID). A single process needs neither.
   """
   if jax.distributed.is_initialized():
     return
   explicit = bool(config.coordinator_address)
-  from_env = any(k in os.environ for k in (
-      "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"))
-  if not (explicit or from_env or config.get("auto_detect", False)):
+  if not (explicit or config.auto_detect):
     return
-  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
-    # CPU processes need a collectives backend to talk to each other; gloo ships with jaxlib.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # CPU devices of different processes need a collectives backend; gloo ships with jaxlib. The
+  # setting only concerns the CPU backend, so it is harmless on GPU and TPU hosts.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if explicit:
     if config.num_processes < 1 or not 0 <= config.process_id < config.num_processes:
       raise ValueError(
@@ -41,9 +40,14 @@ def initialize_distributed(config) -> None:
         coordinator_address=config.coordinator_address,
         num_processes=config.num_processes,
         process_id=config.process_id,
-        initialization_timeout=config.get("timeout_s", 300))
+        initialization_timeout=config.timeout_s)
   else:
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize(initialization_timeout=config.timeout_s)
+    except ValueError as e:
+      raise ValueError(
+          f"distributed.auto_detect=True, but JAX found no cluster environment ({e}); set "
+          "--config.distributed.coordinator_address, num_processes and process_id instead") from e
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())

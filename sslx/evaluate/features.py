@@ -1,5 +1,7 @@
 """Frozen features of a whole split, computed on the mesh and returned to every host."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,13 +10,10 @@ from sslx import sharding
 from sslx.data import pipeline
 
 
-def extract_features(apply_fn, variables, source, *, mesh, batch_size: int):
-  """Runs `apply_fn(variables, images)` over every example of `source` once.
-
-  Returns (features [N, D] float32, labels [N] int64) as NumPy arrays on every process: the
-  output is replicated by the jit, which gathers the shards across devices and hosts.
-  """
-  batch_sharding = sharding.batch_sharding(mesh)
+@functools.lru_cache(maxsize=16)
+def _features_fn(apply_fn, mesh):
+  """One jitted feature function per (method, mesh), so every split and every set of variables
+  with the same shapes reuses one compilation."""
   replicated = sharding.replicated(mesh)
 
   # Outputs are replicated so every process can read all of them, whatever the process count.
@@ -24,6 +23,17 @@ def extract_features(apply_fn, variables, source, *, mesh, batch_size: int):
     out = (apply_fn(variables, images), batch["label"], batch["mask"])
     return jax.lax.with_sharding_constraint(out, replicated)
 
+  return features_of
+
+
+def extract_features(apply_fn, variables, source, *, mesh, batch_size: int):
+  """Runs `apply_fn(variables, images)` over every example of `source` once.
+
+  Returns (features [N, D] float32, labels [N] int64) as NumPy arrays on every process: the
+  output is replicated by the jit, which gathers the shards across devices and hosts.
+  """
+  batch_sharding = sharding.batch_sharding(mesh)
+  features_of = _features_fn(apply_fn, mesh)
   feats, labels = [], []
   for local in pipeline.eval_iterator(source, global_batch_size=batch_size):
     f, y, mask = jax.device_get(features_of(variables, pipeline.to_global_batch(local,

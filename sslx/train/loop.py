@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from sslx import sharding
 from sslx.data import pipeline, sources
@@ -32,6 +33,8 @@ def get_method(config):
   try:
     module = importlib.import_module(f"experiments.{config.experiment}")
   except ModuleNotFoundError as e:
+    if e.name not in ("experiments", f"experiments.{config.experiment}"):
+      raise  # the module exists but one of its own imports failed
     raise ValueError(f"config.experiment={config.experiment!r}: no module "
                      f"experiments/{config.experiment}.py (run from the repository root)") from e
   return module.get_method(config)
@@ -49,12 +52,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
   _check_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.batch_size, mesh)
-  if config.total_steps < 1:
-    raise ValueError(f"total_steps must be >= 1, got {config.total_steps}")
+  for field in ("total_steps", "log_every", "checkpoint_every"):
+    if config[field] < 1:
+      raise ValueError(f"{field} must be >= 1, got {config[field]}")
+  if config.eval.enabled:
+    try:
+      sharding.check_batch_divisible(config.eval.batch_size, mesh)
+    except ValueError as e:
+      raise ValueError(f"eval.{e}") from None
+  _check_same_run(config, workdir)
   info = sources.get_dataset_info(config.data.name)
   source_kwargs = dict(data_dir=config.data.data_dir or None,
                        source_dir=config.data.source_dir or None,
                        allow_download=config.data.allow_download)
+  if jax.process_index() == 0:  # prepares the dataset on first use: one writer only
+    sources.load_source(config.data.name, info.train_split, **source_kwargs)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("sslx: dataset prepared")
   train_source = sources.load_source(config.data.name, info.train_split, **source_kwargs)
   method = get_method(config)
   tx, schedule = optim.make_optimizer(config.optim, config.batch_size, config.total_steps)
@@ -84,7 +98,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   writer = MetricWriter(workdir)
   is_main = jax.process_index() == 0
-  if is_main and start_step == 0:
+  if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   progress = None
@@ -99,25 +113,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, metrics = train_step(state, batch)
     pending.append(metrics)  # stays on device until the next log
     done = step + 1
-    if done % config.log_every == 0 or done == config.total_steps:
+    is_log = done % config.log_every == 0 or done == config.total_steps
+    is_checkpoint = done % config.checkpoint_every == 0 or done == config.total_steps
+    if is_log or is_checkpoint:
+      # Checked before every save, so a checkpoint never holds a step that went non-finite.
       fetched = jax.device_get(pending)
-      pending = []
       bad = [done - len(fetched) + i + 1 for i, m in enumerate(fetched) if m["train/nonfinite"]]
       if bad:
-        _stop_nonfinite(bad[0], fetched, checkpointer, writer, progress)
+        _stop_nonfinite(bad[0], checkpointer, writer, progress)
+      pending = [] if is_log else fetched  # kept for the next log's averages
+    if is_log:
       summary = {k: np.mean([m[k] for m in fetched]) for k in fetched[-1]}
       now = time.perf_counter()
-      summary["train/images_per_s"] = (done - last_log[0]) * config.batch_size / (now - last_log[1])
+      if last_log[0] > start_step:  # the first window after a (re)start includes compilation
+        summary["train/images_per_s"] = ((done - last_log[0]) * config.batch_size
+                                         / (now - last_log[1]))
       summary["train/epoch"] = done * config.batch_size / len(train_source)
       last_log = (done, now)
       writer.write(done, summary)
       if progress is not None:
         progress.set_postfix(loss=f"{summary['train/loss']:.4f}",
-                             img_s=f"{summary['train/images_per_s']:.0f}")
+                             img_s=f"{summary.get('train/images_per_s', 0):.0f}")
         progress.update(done - progress.n)
-    if done % config.checkpoint_every == 0 or done == config.total_steps:
-      if int(state.nonfinite_steps):
-        _stop_nonfinite(None, [], checkpointer, writer, progress)
+    if is_checkpoint:
       checkpointer.save(done, state, data_iter)
   checkpointer.wait()
   if progress is not None:
@@ -136,9 +154,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return {"state": state, **results}
 
 
-def _stop_nonfinite(step, fetched, checkpointer, writer, progress):
+# Fields that define the trajectory of a run: a resumed run must not change them.
+_RUN_DEFINING = ("experiment", "seed", "batch_size", "total_steps", "data.name", "model",
+                 "projector", "augment", "loss", "optim")
+
+
+def _check_same_run(config, workdir: str) -> None:
+  """Refuses to resume a workdir with settings that would silently change the run."""
+  path = os.path.join(workdir, "config.json")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not (os.path.exists(path) and os.path.isdir(checkpoints)
+          and any(name.isdigit() for name in os.listdir(checkpoints))):
+    return
+  with open(path) as f:
+    saved = _flatten(json.load(f))
+  current = _flatten(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in set(saved) | set(current)
+                   if k.startswith(_RUN_DEFINING) and saved.get(k) != current.get(k))
+  if changed:
+    diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+    raise ValueError(f"--workdir {workdir!r} holds a run with other settings ({diffs}); resuming "
+                     "would not continue that run. Use a new --workdir, or the saved settings.")
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _stop_nonfinite(step, checkpointer, writer, progress):
   checkpointer.wait()
-  where = f"at step {step}" if step is not None else "since the last log"
+  where = f"at step {step}"
   last = checkpointer.latest_step()
   kept = (f"the last good checkpoint (step {last}) is kept in {checkpointer.directory}"
           if last is not None else "no checkpoint had been written yet")

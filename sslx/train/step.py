@@ -25,7 +25,10 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, schedule, 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The new parameters and state are checked too: an update can overflow with a finite gradient.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.global_norm(params))
+              & jnp.isfinite(optax.global_norm(aux["state"])))
     updated = state._replace(step=state.step + 1, params=params, model_state=aux["state"],
                              opt_state=opt_state)
     skipped = state._replace(step=state.step + 1, nonfinite_steps=state.nonfinite_steps + 1)

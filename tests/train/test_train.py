@@ -7,6 +7,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 import jax
@@ -142,18 +143,45 @@ def test_two_processes_match_one_process_with_four_devices(fashion_mnist_dir, tm
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= saved
 
 
-def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_dir, tmp_path):
-  # An absurd SGD step makes the weights overflow within a few steps.
+def _simclr_that_diverges_at_step(bad_step):
+  """SimCLR whose loss becomes NaN from its `bad_step`-th update on (a counter kept in the
+  method's non-trainable state, as EMA teachers and queues are)."""
+  import types
+
+  import jax.numpy as jnp
+
+  from experiments import simclr
+  from sslx.method import Method
+
+  def get_method(config):
+    base = simclr.get_method(config)
+
+    def init(rng, batch):
+      return {**base.init(rng, batch), "updates": jnp.zeros((), jnp.int32)}
+
+    def loss(params, variables, batch, rng):
+      value, aux = base.loss(params, variables, batch, rng)
+      value = jnp.where(variables["updates"] + 1 >= bad_step, jnp.nan, value)
+      return value, {**aux, "state": {**aux["state"], "updates": variables["updates"] + 1}}
+
+    return Method(init=init, apply=base.apply, loss=loss)
+
+  return types.SimpleNamespace(get_method=get_method)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_dir, tmp_path,
+                                                                  monkeypatch):
+  monkeypatch.setitem(sys.modules, "experiments.diverges_at_4", _simclr_that_diverges_at_step(4))
   config = smoke_config(fashion_mnist_dir, **{
-      "optim.name": "sgd", "optim.lr": 1e30, "optim.lr_scaling": "none", "optim.warmup_steps": 0,
-      "checkpoint_every": 1, "log_every": 1, "total_steps": 20, "eval.enabled": False})
-  with pytest.raises(loop.NonFiniteLossError, match=r"NaN/inf at step \d+") as info:
+      "experiment": "diverges_at_4", "checkpoint_every": 1, "log_every": 2, "total_steps": 10,
+      "eval.enabled": False})
+  with pytest.raises(loop.NonFiniteLossError, match=r"NaN/inf at step 4\b") as info:
     loop.train_and_evaluate(config, str(tmp_path))
-  bad_step = int(info.value.args[0].split("at step ")[1].split(";")[0])
+  assert "last good checkpoint (step 3)" in str(info.value)
   step, state = restore_state(str(tmp_path))
-  assert step == bad_step - 1
+  assert step == 3
+  assert int(state["model_state"]["updates"]) == 3
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
-  assert f"step {step}" in str(info.value)
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -162,6 +190,9 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_d
     ({"experiment": "nosuchmethod"}, "nosuchmethod"),
     ({"total_steps": 0}, "total_steps"),
     ({"mesh.num_devices": 9}, "mesh.num_devices"),
+    ({"log_every": 0}, "log_every must be >= 1"),
+    ({"checkpoint_every": -1}, "checkpoint_every must be >= 1"),
+    ({"eval.batch_size": 100}, "eval.batch_size=100 must be divisible by the 8 devices"),
 ])
 def test_bad_config_values_fail_before_training(fashion_mnist_dir, tmp_path, overrides, match):
   config = smoke_config(fashion_mnist_dir, **overrides)
@@ -183,3 +214,16 @@ def test_unknown_config_key_is_named_on_the_command_line(fashion_mnist_dir, tmp_
                           timeout=120)
   assert result.returncode != 0
   assert "lrr" in result.stderr
+
+
+def test_resuming_with_changed_settings_is_refused(fashion_mnist_dir, tmp_path):
+  loop.train_and_evaluate(smoke_config(fashion_mnist_dir, **{"total_steps": 3,
+                                                             "eval.enabled": False}), str(tmp_path))
+  changed = smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False,
+                                               "optim.lr": 0.5})
+  with pytest.raises(ValueError, match=r"optim.lr: 1.0 -> 0.5"):
+    loop.train_and_evaluate(changed, str(tmp_path))
+  # Settings that do not change the trajectory (logging, evaluation) may change on resume.
+  same = smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False,
+                                            "log_every": 3})
+  assert int(loop.train_and_evaluate(same, str(tmp_path))["state"].step) == 3
