@@ -8,6 +8,7 @@ usually called deep inside a training step where a bare broadcasting error is ha
 import numbers
 from typing import Any
 
+import jax
 import numpy as np
 
 
@@ -61,3 +62,18 @@ def check_positive(name: str, value: Any) -> None:
   if isinstance(value, numbers.Real) and not value > 0:  # `not >` also rejects NaN
     raise ValueError(f"{name} must be > 0, but got {value!r}.")
 
+
+
+def check_global_batch_size(name: str, x: Any, axis_name: Any, minimum: int, why: str) -> int:
+  """Returns the global batch size of ``x`` (its first dimension times the size of
+  ``axis_name``), raising ValueError if it is below ``minimum``; ``why`` says what needs it."""
+  local_batch = _shape(x)[0]
+  shards = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+  global_batch = local_batch * shards
+  if axis_name is None:
+    description = f"the global batch size ({name}.shape[0], {name} of shape {_shape(x)})"
+  else:
+    description = (f"the global batch size ({name}.shape[0] = {local_batch} times the size "
+                   f"{shards} of axis {axis_name!r})")
+  check_min_size(description, global_batch, minimum, why)
+  return global_batch

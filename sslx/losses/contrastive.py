@@ -6,33 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from sslx.losses import _checks
-
-# Norms are clamped at this value before dividing, so an all-zero embedding normalises to zero
-# (similarity 0 with everything) with a finite gradient instead of 0/0. It only affects vectors
-# whose norm is below 1e-6, far from anything a projector head produces in practice.
-_NORM_EPS = 1e-6
-
-
-def _l2_normalize(x: jax.Array) -> jax.Array:
-  # max(|x|^2, eps^2) rather than |x| + eps: the result stays exactly unit-norm for ordinary
-  # vectors (so scaling the input is a no-op) and sqrt is never evaluated at 0, whose derivative
-  # is infinite.
-  sq_norm = jnp.sum(x * x, axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq_norm, _NORM_EPS**2))
-
-
-def _replicate_rows(x: jax.Array) -> jax.Array:
-  # On a mesh with Explicit axes (the default of `jax.make_mesh` in jax 0.10 and 0.12), the batch
-  # sharding is part of the array's type, and `anchors @ keys.T` with both operands sharded on
-  # the batch would need an output sharded twice over the same axis, a ShardingTypeError.
-  # Replicating the keys' batch dimension (an all-gather) is what an Auto mesh does implicitly.
-  # Auto meshes and shard_map bodies carry no batch sharding in the type: nothing to do there.
-  sharding = jax.typeof(x).sharding
-  spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
-  if spec[0] is None:
-    return x
-  return jax.sharding.reshard(x, sharding.update(spec=jax.sharding.PartitionSpec(None, *spec[1:])))
-
+from sslx.losses._common import as_float32, batch_offset, l2_normalize, replicate_rows
 
 def nt_xent(
     z1: jax.Array,
@@ -118,25 +92,16 @@ def nt_xent(
   _checks.check_same_shape("z1", z1, "z2", z2)
   _checks.check_positive("temperature", temperature)
 
-  z1 = jnp.asarray(z1, jnp.float32)
-  z2 = jnp.asarray(z2, jnp.float32)
+  z1, z2 = as_float32(z1, z2)
   local_batch = z1.shape[0]
-  num_shards = 1 if axis_name is None else jax.lax.axis_size(axis_name)
-  global_batch = local_batch * num_shards
-  if axis_name is None:
-    batch_name = f"the global batch size (z1.shape[0], z1 of shape {tuple(z1.shape)})"
-  else:
-    batch_name = (f"the global batch size (z1.shape[0] = {local_batch} times the size "
-                  f"{num_shards} of axis {axis_name!r})")
-  _checks.check_min_size(
-      batch_name, global_batch, 2, "with a single example an anchor has no negatives")
+  global_batch = _checks.check_global_batch_size(
+      "z1", z1, axis_name, 2, "with a single example an anchor has no negatives")
 
-  anchors1 = _l2_normalize(z1)
-  anchors2 = _l2_normalize(z2)
+  anchors1 = l2_normalize(z1)
+  anchors2 = l2_normalize(z2)
   anchors = jnp.concatenate([anchors1, anchors2], axis=0)  # [2b, D]
   if axis_name is None:
-    keys = _replicate_rows(anchors)
-    offset = 0
+    keys = replicate_rows(anchors)
   else:
     # Gathering each view separately keeps the global layout [all z1; all z2], so the
     # positive of global example g is always g + B away, whichever device holds it.
@@ -144,7 +109,6 @@ def nt_xent(
         jax.lax.all_gather(anchors1, axis_name, tiled=True),
         jax.lax.all_gather(anchors2, axis_name, tiled=True),
     ], axis=0)  # [2B, D]
-    offset = jax.lax.axis_index(axis_name) * local_batch
 
   logits = jnp.matmul(anchors, keys.T, precision=jax.lax.Precision.HIGHEST) / temperature
 
@@ -153,7 +117,7 @@ def nt_xent(
   partners = jnp.concatenate([anchors2, anchors1], axis=0)
   positive = jnp.sum(anchors * partners, axis=1) / temperature  # [2b]
 
-  rows = jnp.arange(local_batch) + offset  # global example index of each local row
+  rows = jnp.arange(local_batch) + batch_offset(local_batch, axis_name)  # global example index of each local row
   self_col = jnp.concatenate([rows, rows + global_batch])  # [2b]
   positive_col = jnp.concatenate([rows + global_batch, rows])  # [2b]
   cols = jnp.arange(2 * global_batch)[None, :]

@@ -15,6 +15,8 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sslx.losses import contrastive, nt_xent
+from tests.losses.harness import (
+    assert_close, check_sharded_equivalence, finite_difference_grad, make_mesh)
 
 NORM_EPS = 1e-6  # the clamp documented in nt_xent's docstring
 
@@ -45,31 +47,12 @@ def reference_nt_xent(z1, z2, temperature):
   return total / (2 * n)
 
 
-def finite_difference_grad(f, x, h=1e-6):
-  """Central differences of a float64 scalar function, one coordinate at a time."""
-  x = np.asarray(x, np.float64)
-  grad = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    step = np.zeros_like(x)
-    step[idx] = h
-    grad[idx] = (f(x + step) - f(x - step)) / (2 * h)
-  return grad
-
-
 def random_pair(seed, batch, dim, dtype=np.float32):
   rng = np.random.default_rng(seed)
   z1 = rng.normal(size=(batch, dim)).astype(dtype)
   # Correlated views, as a trained projector gives, so positives are not just another negative.
   z2 = (z1 + 0.5 * rng.normal(size=(batch, dim))).astype(dtype)
   return z1, z2
-
-
-def assert_close(actual, expected, rtol=1e-5):
-  """Relative tolerance, with an absolute floor relative to the largest entry so that entries
-  of a gradient that happen to be near zero are not held to an impossible standard."""
-  actual = np.asarray(actual, np.float64)
-  expected = np.asarray(expected, np.float64)
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * np.max(np.abs(expected)))
 
 
 # Jitted once per shape and temperature: one compiled program is much cheaper than running the
@@ -274,11 +257,6 @@ def test_jit_does_not_retrace_for_same_shapes():
 TEMPERATURE = 0.2
 
 
-def make_mesh(axis_type):
-  assert jax.device_count() == 8, "conftest.py should provide 8 CPU devices"
-  return jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
-
-
 def shard(mesh, *arrays):
   return [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in arrays]
 
@@ -292,60 +270,11 @@ def single_device(z1, z2):
 
 local_loss = functools.partial(nt_xent, temperature=TEMPERATURE, axis_name="data")
 
-# Explicit is what jax.make_mesh gives by default; Auto is the default of Mesh(...). Local batch
-# 2 (global 16) and local batch 1 (global 8, the smallest per-device batch).
-SHARDED_CASES = [(16, AxisType.Explicit), (8, AxisType.Explicit), (16, AxisType.Auto)]
-
-
-@pytest.mark.parametrize("global_batch,axis_type", SHARDED_CASES)
-def test_jit_with_batch_sharded_inputs(axis_type, global_batch):
+@pytest.mark.parametrize("global_batch", [16, 8])  # local batch 2, and 1 (the smallest)
+def test_same_value_and_gradient_on_one_and_eight_devices(global_batch):
   z1, z2 = random_pair(10 + global_batch, global_batch, 6)
-  expected_value, expected_g1, expected_g2 = single_device(z1, z2)
-  mesh = make_mesh(axis_type)
-  s1, s2 = shard(mesh, z1, z2)
-  assert s1.sharding.spec == P("data") and len(s1.addressable_shards) == 8
-  with jax.set_mesh(mesh):
-    value, (g1, g2) = loss_and_grads(s1, s2, temperature=TEMPERATURE)
-  assert value.dtype == jnp.float32
-  assert_close(value, expected_value)
-  assert_close(g1, expected_g1)
-  assert_close(g2, expected_g2)
-
-
-@pytest.mark.parametrize("global_batch,axis_type", SHARDED_CASES)
-def test_shard_map_value_and_grad_of_wrapper(axis_type, global_batch):
-  z1, z2 = random_pair(20 + global_batch, global_batch, 6)
-  expected_value, expected_g1, expected_g2 = single_device(z1, z2)
-  mesh = make_mesh(axis_type)
-  wrapped = jax.shard_map(
-      local_loss, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P())
-  with jax.set_mesh(mesh):
-    value, (g1, g2) = jax.jit(jax.value_and_grad(wrapped, argnums=(0, 1)))(*shard(mesh, z1, z2))
-  assert value.dtype == jnp.float32
-  assert_close(value, expected_value)
-  assert_close(g1, expected_g1)
-  assert_close(g2, expected_g2)
-
-
-@pytest.mark.parametrize("global_batch", [16, 8])
-def test_shard_map_grad_inside_body(global_batch):
-  # What a data-parallel train step written with shard_map does: differentiate per device.
-  z1, z2 = random_pair(30 + global_batch, global_batch, 6)
-  expected_value, expected_g1, expected_g2 = single_device(z1, z2)
-  mesh = make_mesh(AxisType.Explicit)
-
-  def body(a, b):
-    value, grads = jax.value_and_grad(local_loss, argnums=(0, 1))(a, b)
-    return value[None], grads  # one value per device, to see that all devices agree
-
-  step = jax.shard_map(
-      body, mesh=mesh, in_specs=(P("data"), P("data")),
-      out_specs=(P("data"), (P("data"), P("data"))))
-  with jax.set_mesh(mesh):
-    values, (g1, g2) = jax.jit(step)(*shard(mesh, z1, z2))
-  assert_close(values, np.full(8, expected_value))
-  assert_close(g1, expected_g1)
-  assert_close(g2, expected_g2)
+  check_sharded_equivalence(
+      functools.partial(nt_xent, temperature=TEMPERATURE), [z1, z2], grad_argnums=(0, 1))
 
 
 def test_shard_map_grad_of_replicated_params_inside_body():
