@@ -2,7 +2,6 @@
 projector, trained with NT-Xent so each view picks out its partner among the 2B-1 others.
 """
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 

@@ -4,7 +4,6 @@ One mesh per run, with the batch sharded along its "data" axis; the train state 
 Multi-host runs start through `jax.distributed`, from the config or the cluster's environment.
 """
 
-import os
 
 import jax
 import numpy as np

@@ -64,6 +64,18 @@ def check_positive(name: str, value: Any) -> None:
 
 
 
+def check_non_negative(name: str, value: Any) -> None:
+  """Like ``check_positive`` but allows 0 (a weight of 0 switches a term off)."""
+  if isinstance(value, numbers.Real) and not value >= 0:  # `not >=` also rejects NaN
+    raise ValueError(f"{name} must be >= 0, but got {value!r}.")
+
+
+def check_unit_interval(name: str, value: Any) -> None:
+  """Python/NumPy numbers (a threshold, a momentum) must lie in [0, 1]; arrays pass."""
+  if isinstance(value, numbers.Real) and not 0.0 <= value <= 1.0:  # also rejects NaN
+    raise ValueError(f"{name} must be in [0, 1], but got {value!r}.")
+
+
 def check_global_batch_size(name: str, x: Any, axis_name: Any, minimum: int, why: str) -> int:
   """Returns the global batch size of ``x`` (its first dimension times the size of
   ``axis_name``), raising ValueError if it is below ``minimum``; ``why`` says what needs it."""

@@ -24,8 +24,8 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(sq_norm, NORM_EPS**2))
 
 
-def replicate_rows(x: jax.Array) -> jax.Array:
-  """Removes a mesh sharding of ``x``'s first dimension from its type (an all-gather).
+def replicate_axis(x: jax.Array, axis: int) -> jax.Array:
+  """Removes a mesh sharding of dimension ``axis`` of ``x`` from its type (an all-gather).
 
   On a mesh with Explicit axes (the default of ``jax.make_mesh`` in jax 0.10 and 0.12), the batch
   sharding is part of the array's type, and ``anchors @ keys.T`` with both operands sharded on
@@ -35,9 +35,28 @@ def replicate_rows(x: jax.Array) -> jax.Array:
   """
   sharding = jax.typeof(x).sharding
   spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
-  if not spec or spec[0] is None:
+  if not spec or spec[axis] is None:
     return x
-  return jax.sharding.reshard(x, sharding.update(spec=jax.sharding.PartitionSpec(None, *spec[1:])))
+  spec = spec[:axis] + (None,) + spec[axis + 1:]
+  return jax.sharding.reshard(x, sharding.update(spec=jax.sharding.PartitionSpec(*spec)))
+
+
+def replicate_rows(x: jax.Array) -> jax.Array:
+  """``replicate_axis(x, 0)``: the whole batch on every device, for global arrays."""
+  return replicate_axis(x, 0)
+
+
+def take_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
+  """``table[indices]`` for a replicated ``table`` and batch ``indices``.
+
+  On an Explicit mesh a gather with batch-sharded indices needs its output sharding spelled out
+  (a plain ``jnp.take`` raises ShardingTypeError): the rows come out sharded like the indices.
+  """
+  spec = tuple(jax.typeof(indices).sharding.spec)
+  if not spec or spec[0] is None:
+    return jnp.take(table, indices, axis=0)
+  return table.at[indices].get(
+      out_sharding=jax.sharding.PartitionSpec(spec[0], *([None] * (table.ndim - 1))))
 
 
 def num_shards(axis_name: Hashable | None) -> int:
@@ -62,6 +81,24 @@ def batch_offset(local_batch: int, axis_name: Hashable | None) -> jax.Array | in
   if axis_name is None:
     return 0
   return jax.lax.axis_index(axis_name) * local_batch
+
+
+def gather_batch_invariant(
+    x: jax.Array, axis_name: Hashable | None, axis: int = 0) -> jax.Array:
+  """Like ``gather_batch`` (along ``axis``), but typed invariant across ``axis_name``.
+
+  ``all_gather``'s output is typed varying under ``shard_map`` (check_vma=True), so state built
+  from it (a queue) could not be returned with ``out_specs=P()``. Writing the local rows into a
+  zero buffer at this shard's offset and ``psum``-ing gives the same array, typed invariant.
+  For state updates outside the gradient, where the psum's extra cost is irrelevant.
+  """
+  if axis_name is None:
+    return replicate_axis(x, axis)
+  local_batch = x.shape[axis]
+  shape = x.shape[:axis] + (local_batch * jax.lax.axis_size(axis_name),) + x.shape[axis + 1:]
+  placed = jax.lax.dynamic_update_slice_in_dim(
+      jnp.zeros(shape, x.dtype), x, batch_offset(local_batch, axis_name), axis=axis)
+  return jax.lax.psum(placed, axis_name)
 
 
 def batch_mean(x: jax.Array, axis_name: Hashable | None, axis: int = 0) -> jax.Array:

@@ -83,7 +83,8 @@ def test_same_losses_on_one_and_eight_devices(fashion_mnist_dir, tmp_path):
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(fashion_mnist_dir, tmp_path):
-  flags = ["--config.total_steps=120", "--config.checkpoint_every=10", "--config.eval.enabled=False"]
+  flags = ["--config.total_steps=120", "--config.checkpoint_every=10",
+           "--config.eval.enabled=False"]
   run_main(tmp_path / "straight", fashion_mnist_dir, *flags)
 
   killed = tmp_path / "killed"
