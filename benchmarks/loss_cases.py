@@ -48,3 +48,42 @@ def swav_scores(rng, batch, dim, views=8):
 
 def single(rng, batch, dim):
   return {"z": rng.standard_normal((batch, dim), dtype=np.float32)}
+
+
+def msn_inputs(rng, batch, dim, views=11, prototypes=1024):
+  """MSN: 11 anchor views (1 random + 10 focal), ``dim``-d representations, 1024 prototypes."""
+  return {
+      "anchor_views": rng.standard_normal((views, batch, dim), dtype=np.float32),
+      "target_views": rng.standard_normal((batch, dim), dtype=np.float32),
+      "prototypes": rng.standard_normal((prototypes, dim), dtype=np.float32),
+  }
+
+
+def ibot_inputs(rng, batch, dim, views=2, patches=196):
+  """iBOT patch logits of ``views`` global views of ViT-B/16 at 224 px (196 patches)."""
+  return {
+      "student_patch_logits": rng.standard_normal((views, batch, patches, dim), dtype=np.float32),
+      "teacher_patch_logits": rng.standard_normal((views, batch, patches, dim), dtype=np.float32),
+      "mask": rng.uniform(size=(views, batch, patches)) < 0.3,
+      "center": np.zeros((dim,), np.float32),
+  }
+
+
+# name -> (input builder, global batch, dim, which inputs are differentiated). Sizes are what a
+# pod-scale run uses per step where this 2-core CPU can time them in seconds; the docstrings of
+# the two benchmark scripts say where they are smaller than the papers'.
+CASES = {
+    "nt_xent": (two_views, 4096, 128, ("z1", "z2")),
+    "nt_xent_blockwise": (two_views, 4096, 128, ("z1", "z2")),
+    "dcl": (two_views, 4096, 128, ("z1", "z2")),
+    "info_nce": (query_key_queue, 4096, 128, ("query",)),
+    "negative_cosine": (prediction_and_target, 4096, 2048, ("p",)),
+    "barlow_twins": (two_views, 4096, 2048, ("z1", "z2")),
+    "vicreg": (two_views, 4096, 2048, ("z1", "z2")),
+    "w_mse": (two_views, 4096, 64, ("z1", "z2")),
+    "koleo": (single, 4096, 256, ("z",)),
+    "dino": (dino_logits, 512, 8192, ("student_logits",)),
+    "swav": (swav_scores, 4096, 3000, ("scores_per_view",)),
+    "msn": (msn_inputs, 1024, 256, ("anchor_views", "prototypes")),
+    "ibot_patch": (ibot_inputs, 32, 8192, ("student_patch_logits",)),
+}

@@ -1,6 +1,7 @@
 """The notebooks in colabs/ run top to bottom."""
 
 import os
+import re
 
 import nbformat
 import pytest
@@ -22,3 +23,17 @@ def test_quickstart_notebook_runs(fashion_mnist_dir, monkeypatch):
   assert "raw pixels" in outputs and "SSL encoder" in outputs
   assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
              for o in c.get("outputs", []))
+
+
+def test_losses_in_your_project_notebook_runs():
+  # The notebook asks for 8 fake CPU devices itself, before it imports jax.
+  nb = nbformat.read(os.path.join(REPO, "colabs", "losses_in_your_project.ipynb"), as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": os.path.join(REPO, "colabs")}}).execute()
+  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.get("outputs", []))
+  assert "sharded batch lives on 8 devices" in outputs
+  # With 5 labels per class the trained encoder must beat a random one of the same shape.
+  few_labels = {name: float(acc) for name, acc in
+                re.findall(r"linear probe, +(.+?):.*5 per class ([\d.]+)%", outputs)}
+  assert few_labels["Barlow Twins encoder"] > few_labels["random encoder"] + 2, outputs
