@@ -511,14 +511,24 @@ def w_mse(
     mean = group_sum(x) / size  # [groups, D]
     centred = x - mean[group]
     cov = group_sum(centred[:, :, None] * centred[:, None, :]) / (size - 1)  # [groups, D, D]
-    chol = jnp.linalg.cholesky((1.0 - eps) * cov + eps * eye)
-    inv_chol = jax.scipy.linalg.solve_triangular(
-        chol, jnp.broadcast_to(eye, chol.shape), lower=True)  # [groups, D, D]
+    inv_chol = jax.lax.map(_inverse_cholesky_factor, (1.0 - eps) * cov + eps * eye)
     return jnp.einsum("kij,kj->ki", inv_chol[group], centred, precision=_HIGHEST)
 
   u1 = l2_normalize(whiten(z1))
   u2 = l2_normalize(whiten(z2))
   return batch_mean(2.0 - 2.0 * jnp.sum(u1 * u2, axis=1), axis_name)
+
+
+def _inverse_cholesky_factor(cov: jax.Array) -> jax.Array:
+  """``L^-1`` for ``cov = L L^T``, one ``[D, D]`` matrix at a time.
+
+  Called through ``lax.map`` rather than on the whole ``[groups, D, D]`` batch: jaxlib's CPU
+  LAPACK kernels split a batch over XLA's intra-op thread pool and block on it, and two such
+  batched triangular solves running at once (forward and backward pass) can deadlock a small
+  pool (seen with 2 cores, jax 0.10). Unbatched calls never wait on the pool.
+  """
+  chol = jnp.linalg.cholesky(cov)
+  return jax.scipy.linalg.solve_triangular(chol, jnp.eye(cov.shape[-1]), lower=True)
 
 
 # --- The Eckhart-Young CCA family ----------------------------------------------------------------

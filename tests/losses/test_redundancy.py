@@ -4,7 +4,11 @@ authors' code, and the same loss on one device versus sharded over the 8 fake CP
 
 import functools
 import math
+import os
+import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -516,3 +520,25 @@ def test_same_value_and_gradient_on_one_and_eight_devices(name, global_batch):
   # W-MSE: two sub-batches of 8, each spread over 4 devices (global batch 16), or one over 8.
   check_sharded_equivalence(fn, make(20 + global_batch, global_batch, 3), specs=specs,
                             grad_argnums=argnums, rtol=2e-5)
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+W_MSE_REPEATED = """
+import jax, numpy as np
+from sslx.losses import w_mse
+z1 = np.random.default_rng(0).standard_normal((256, 64), dtype=np.float32)
+step = jax.jit(jax.value_and_grad(lambda a, b: w_mse(a, b, whitening_size=128), argnums=(0, 1)))
+for _ in range(20):
+  jax.block_until_ready(step(z1, z1 + 0.5))
+print("done")
+"""
+
+
+def test_w_mse_gradient_does_not_deadlock_the_cpu_thread_pool():
+  # Batched LAPACK triangular solves in the forward and backward pass used to deadlock XLA's
+  # CPU thread pool on 2 cores about every other run; w_mse now solves one matrix at a time.
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+  result = subprocess.run([sys.executable, "-c", W_MSE_REPEATED], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+  assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]
