@@ -20,7 +20,6 @@ patches x 8192. DINO's 65536 prototypes and Barlow Twins' 8192 dimensions scale 
 """
 
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -62,13 +61,16 @@ def sslx_loss(name):
 
 def time_sslx(name, inputs, grad_names, warmup, repeats):
   fn = sslx_loss(name)
-  fixed = {k: v for k, v in inputs.items() if k not in grad_names}
+  fixed_names = tuple(k for k in inputs if k not in grad_names)
 
-  def value_and_grad(*diff):
+  # Every input is an argument of the jitted function: closing over the fixed ones would bake
+  # them into the program as constants, which XLA then spends seconds constant-folding.
+  def value_and_grad(diff, fixed):
     return jax.value_and_grad(
-        lambda d: fn(**dict(zip(grad_names, d)), **fixed))(diff)
+        lambda d: fn(**dict(zip(grad_names, d)), **dict(zip(fixed_names, fixed))))(diff)
 
-  args = tuple(jnp.asarray(inputs[k]) for k in grad_names)
+  args = (tuple(jnp.asarray(inputs[k]) for k in grad_names),
+          tuple(jnp.asarray(inputs[k]) for k in fixed_names))
   jitted = jax.jit(value_and_grad)
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
@@ -93,7 +95,7 @@ def main():
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--lightly-python", default="",
-                      help="interpreter of a venv with torch + lightly (benchmarks/setup_lightly.sh)")
+                      help="python of a venv with torch + lightly (benchmarks/setup_lightly.sh)")
   parser.add_argument("--out", default=os.path.join(HERE, "results"))
   args = parser.parse_args()
 
@@ -107,7 +109,8 @@ def main():
     row = {"batch": batch, "dim": dim,
            "sslx": time_sslx(name, inputs, grad_names, args.warmup, args.repeats)}
     results["losses"][name] = row
-    mib = row["sslx"]["temp_bytes"] / 2**20 if row["sslx"]["temp_bytes"] is not None else float("nan")
+    temp = row["sslx"]["temp_bytes"]
+    mib = temp / 2**20 if temp is not None else float("nan")
     print(f"{name:>18}  B={batch:<5d} D={dim:<5d} sslx {1e3 * row['sslx']['seconds']:8.1f} ms  "
           f"temp {mib:8.1f} MiB", flush=True)
 
@@ -115,8 +118,10 @@ def main():
     command = [args.lightly_python, os.path.join(HERE, "lightly_losses.py"),
                "--names", ",".join(names), "--scale", str(args.scale),
                "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    lightly = json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run(command, capture_output=True, text=True)
+    sys.stderr.write(done.stderr[-3000:])
+    lightly = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {
+        "_version": f"lightly run failed (exit {done.returncode})"}
     results["lightly_version"] = lightly.pop("_version")
     for name, timing in lightly.items():
       row = results["losses"][name]

@@ -46,6 +46,14 @@ def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
     )
 
 
+def check_pair(name_a: str, a: Any, name_b: str, b: Any, expected: str = "[batch, dim]") -> None:
+  """Raises ValueError unless ``a`` and ``b`` are rank-2 arrays of one shape (two views)."""
+  rank = expected.count(",") + 1
+  check_rank(name_a, a, rank, expected)
+  check_rank(name_b, b, rank, expected)
+  check_same_shape(name_a, a, name_b, b)
+
+
 def check_min_size(name: str, size: int, minimum: int, why: str = "") -> None:
   """Raises ValueError if a static size (e.g. a batch dimension) is below ``minimum``."""
   if size < minimum:

@@ -90,9 +90,7 @@ def nt_xent(
     >>> loss.dtype, round(float(loss), 4)
     (dtype('float32'), 0.5514)
   """
-  _checks.check_rank("z1", z1, 2, "[batch, dim]")
-  _checks.check_rank("z2", z2, 2, "[batch, dim]")
-  _checks.check_same_shape("z1", z1, "z2", z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   _checks.check_positive("temperature", temperature)
 
   z1, z2 = as_float32(z1, z2)
@@ -277,9 +275,7 @@ def info_nce(
     >>> round(float(info_nce(q, k, queue, temperature=1.0)), 4)  # log(2 + 1/e)
     0.862
   """
-  _checks.check_rank("query", query, 2, "[batch, dim]")
-  _checks.check_rank("key", key, 2, "[batch, dim]")
-  _checks.check_same_shape("query", query, "key", key)
+  _checks.check_pair("query", query, "key", key)
   if queue is not None:
     _check_queue("queue", queue, query.shape[1], "query")
   _checks.check_positive("temperature", temperature)
@@ -443,9 +439,7 @@ def dcl(
     >>> round(float(dcl(z1, z2, temperature=1.0)), 4)  # 2 * (-1 + log 2)
     -0.6137
   """
-  _checks.check_rank("z1", z1, 2, "[batch, dim]")
-  _checks.check_rank("z2", z2, 2, "[batch, dim]")
-  _checks.check_same_shape("z1", z1, "z2", z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   _checks.check_positive("temperature", temperature)
   z1, z2 = as_float32(z1, z2)
   local_batch = z1.shape[0]
@@ -714,9 +708,7 @@ def nnclr(
     >>> round(float(nnclr(z1, z2, support, temperature=1.0)), 4)  # 2 log(1 + 1/e)
     0.6265
   """
-  _checks.check_rank("z1", z1, 2, "[batch, dim]")
-  _checks.check_rank("z2", z2, 2, "[batch, dim]")
-  _checks.check_same_shape("z1", z1, "z2", z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   _check_queue("support", support, z1.shape[1], "z1")
   _checks.check_positive("temperature", temperature)
   local_batch = z1.shape[0]
@@ -869,9 +861,7 @@ def isogclr(
     >>> round(float(loss), 4), aux["u"].tolist()  # 2 * (0.5 log 1 - 1); g = mean(e^0, e^0)
     (-2.0, [1.0, 1.0])
   """
-  _checks.check_rank("z1", z1, 2, "[batch, dim]")
-  _checks.check_rank("z2", z2, 2, "[batch, dim]")
-  _checks.check_same_shape("z1", z1, "z2", z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   local_batch = z1.shape[0]
   for name, value in (("tau", tau), ("u", u)):
     _checks.check_rank(name, value, 1, "[batch]")

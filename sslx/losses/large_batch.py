@@ -106,9 +106,7 @@ def nt_xent_blockwise(
     >>> loss.dtype, round(float(loss), 4)
     (dtype('float32'), 0.5514)
   """
-  _checks.check_rank("z1", z1, 2, "[batch, dim]")
-  _checks.check_rank("z2", z2, 2, "[batch, dim]")
-  _checks.check_same_shape("z1", z1, "z2", z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   _checks.check_positive("temperature", temperature)
   # bool is an int subclass, but block_size=True is surely a mistake.
   if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):

@@ -156,9 +156,7 @@ def groco(
     >>> loss.dtype, round(float(loss), 4)
     (dtype('float32'), 0.2877)
   """
-  _checks.check_rank("z1", z1, 2, "[batch, dim]")
-  _checks.check_rank("z2", z2, 2, "[batch, dim]")
-  _checks.check_same_shape("z1", z1, "z2", z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   _checks.check_positive("steepness", steepness)
   if not isinstance(num_negatives, (int, np.integer)) or num_negatives < 1:
     raise ValueError(f"num_negatives must be an integer >= 1, but got {num_negatives!r}.")
@@ -423,9 +421,7 @@ def halp(
     >>> round(float(aux["infonce"]), 4)  # log(1 + exp(-1)): one negative at cosine 0
     0.3133
   """
-  _checks.check_rank("query", query, 2, "[batch, dim]")
-  _checks.check_rank("keys", keys, 2, "[batch, dim]")
-  _checks.check_same_shape("query", query, "keys", keys)
+  _checks.check_pair("query", query, "keys", keys)
   _checks.check_positive("temperature", temperature)
   if not weight >= 0:
     raise ValueError(f"weight must be >= 0, but got {weight!r}.")

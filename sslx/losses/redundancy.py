@@ -12,7 +12,6 @@ this module deliberately differs.
 
 import numbers
 from collections.abc import Hashable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +32,6 @@ VICREG_VAR_EPS = 1e-4
 
 
 # --- Private helpers -----------------------------------------------------------------------------
-
-
-def _check_pair(z1: Any, z2: Any) -> None:
-  _checks.check_rank("z1", z1, 2, "[batch, dim]")
-  _checks.check_rank("z2", z2, 2, "[batch, dim]")
-  _checks.check_same_shape("z1", z1, "z2", z2)
 
 
 def _batch_contract(a: jax.Array, b: jax.Array, axis_name: Hashable | None) -> jax.Array:
@@ -144,7 +137,7 @@ def barlow_twins(
     >>> loss.dtype, round(float(loss), 4)
     (dtype('float32'), 4.9999)
   """
-  _check_pair(z1, z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   _checks.check_non_negative("lambd", lambd)
   z1, z2 = as_float32(z1, z2)
   global_batch = _checks.check_global_batch_size(
@@ -257,7 +250,7 @@ def mixed_barlow_twins_regularizer(
     >>> reg.dtype, round(float(reg), 4)  # not 0: standardising z_mixed is not linear
     (dtype('float32'), 0.1228)
   """
-  _check_pair(z1, z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   _checks.check_rank("z_mixed", z_mixed, 2, "[batch, dim]")
   _checks.check_same_shape("z1", z1, "z_mixed", z_mixed)
   _checks.check_non_negative("lambd", lambd)
@@ -369,7 +362,7 @@ def vicreg(
     >>> loss.dtype, round(float(loss), 4)
     (dtype('float32'), 6.25)
   """
-  _check_pair(z1, z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight),
                        ("cov_weight", cov_weight)):
     _checks.check_non_negative(name, weight)
@@ -477,7 +470,7 @@ def w_mse(
     >>> round(float(w_mse(z1, -z1)), 5)  # opposite directions: 2 - 2 * (-1)
     4.0
   """
-  _check_pair(z1, z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   if not isinstance(eps, numbers.Real) or not 0.0 <= eps < 1.0:
     raise ValueError(f"eps must be a number in [0, 1), but got {eps!r}.")
   z1, z2 = as_float32(z1, z2)
@@ -595,7 +588,7 @@ def cca_ey(
     >>> loss.dtype, round(float(loss), 4)
     (dtype('float32'), -1.7778)
   """
-  _check_pair(z1, z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   z1, z2 = as_float32(z1, z2)
   global_batch = _checks.check_global_batch_size(
       "z1", z1, axis_name, 2, "the unbiased covariance needs two examples")
@@ -659,7 +652,7 @@ def pls_ey(
     >>> loss.dtype, round(float(loss), 4)
     (dtype('float32'), -3.3333)
   """
-  _check_pair(z1, z2)
+  _checks.check_pair("z1", z1, "z2", z2)
   dim = z1.shape[1]
   for name, w in (("w1", w1), ("w2", w2)):
     _checks.check_rank(name, w, 2, f"[in_features, dim] = [in_features, {dim}]")

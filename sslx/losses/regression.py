@@ -78,9 +78,7 @@ def negative_cosine(
     >>> round(float(negative_cosine(p, z)), 4), round(float(negative_cosine(p, z, form="byol")), 4)
     (-0.5, 1.0)
   """
-  _checks.check_rank("p", p, 2, "[batch, dim]")
-  _checks.check_rank("z", z, 2, "[batch, dim]")
-  _checks.check_same_shape("p", p, "z", z)
+  _checks.check_pair("p", p, "z", z)
   if form not in ("simsiam", "byol"):
     raise ValueError(f"form must be 'simsiam' or 'byol', but got {form!r}.")
   p, z = as_float32(p, z)
@@ -158,9 +156,7 @@ def vi_simsiam(
     >>> round(float(vi_simsiam(p, z, jnp.array([1.0]))), 4)  # C(1) = 1/(4 pi) on S^2
     2.531
   """
-  _checks.check_rank("p", p, 2, "[batch, dim]")
-  _checks.check_rank("z", z, 2, "[batch, dim]")
-  _checks.check_same_shape("p", p, "z", z)
+  _checks.check_pair("p", p, "z", z)
   batch, dim = p.shape
   _checks.check_min_size(f"the dimension of p (p of shape {tuple(p.shape)})", dim, 2,
                          "the power spherical distribution lives on a sphere of dimension >= 1")
