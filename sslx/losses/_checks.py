@@ -71,7 +71,6 @@ def check_positive(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be > 0, but got {value!r}.")
 
 
-
 def check_non_negative(name: str, value: Any) -> None:
   """Like ``check_positive`` but allows 0 (a weight of 0 switches a term off)."""
   if isinstance(value, numbers.Real) and not value >= 0:  # `not >=` also rejects NaN
