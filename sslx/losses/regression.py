@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from sslx.losses import _checks
 from sslx.losses._common import (
-    as_float32, batch_mean, batch_offset, gather_batch, l2_normalize, num_shards, take_rows)
+    as_float32, batch_mean, batch_offset, gather_batch, l2_normalize, num_shards, replicate_rows,
+    take_rows)
 
 
 def _cosine(p: jax.Array, z: jax.Array) -> jax.Array:
@@ -94,10 +95,15 @@ def _power_spherical_log_normalizer(kappa: jax.Array, dim: int) -> jax.Array:
   ``a = (dim-1)/2 + kappa`` and ``b = (dim-1)/2``, the normaliser of their reference
   ``power_spherical`` package (``PowerSpherical.log_normalizer``), which VI-SimSiam builds on.
   """
+  # jax 0.12's lgamma gathers from a coefficient table, which an Explicit batch sharding of
+  # kappa turns into a ShardingTypeError; the [b] vector is cheap to compute replicated.
+  sharding = jax.typeof(kappa).sharding
+  replicated = replicate_rows(kappa)
   beta = (dim - 1) / 2.0
-  alpha = beta + kappa
-  return -((alpha + beta) * math.log(2.0) + jax.lax.lgamma(alpha)
-           - jax.lax.lgamma(alpha + beta) + beta * math.log(math.pi))
+  alpha = beta + replicated
+  out = -((alpha + beta) * math.log(2.0) + jax.lax.lgamma(alpha)
+          - jax.lax.lgamma(alpha + beta) + beta * math.log(math.pi))
+  return out if replicated is kappa else jax.sharding.reshard(out, sharding)
 
 
 def vi_simsiam(
