@@ -107,6 +107,12 @@ def batch_mean(x: jax.Array, axis_name: Hashable | None, axis: int = 0) -> jax.A
   return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
 
 
+def mean_across_devices(x: jax.Array, axis_name: Hashable | None) -> jax.Array:
+  """``x`` averaged over ``axis_name`` (a no-op for global arrays): with equal shard sizes, the
+  mean of the local batch means is the global batch mean."""
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
 def batch_sum(x: jax.Array, axis_name: Hashable | None, axis: int = 0) -> jax.Array:
   """Sum over the global batch along ``axis``."""
   total = jnp.sum(x, axis=axis)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx.losses import _checks
-from sslx.losses._common import as_float32, gather_batch_invariant, l2_normalize
+from sslx.losses._common import (
+    as_float32, gather_batch_invariant, l2_normalize, mean_across_devices)
 
 
 def _check_num_iters(num_iters) -> None:
@@ -303,9 +304,8 @@ def swav(
     loss = loss + jnp.sum(jnp.where(others, cross_entropy, 0.0)) / (num_views - 1)
   loss = loss / len(crops)
 
-  if axis_name is not None:
-    # Equal shard sizes make the mean of local batch means the global mean.
-    loss = jax.lax.pmean(loss, axis_name)
+  # Equal shard sizes make the mean of local batch means the global mean.
+  loss = mean_across_devices(loss, axis_name)
   return loss
 
 

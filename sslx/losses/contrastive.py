@@ -7,7 +7,8 @@ import jax.numpy as jnp
 
 from sslx.losses import _checks
 from sslx.losses._common import (
-    as_float32, batch_offset, gather_batch, gather_batch_invariant, l2_normalize, replicate_rows)
+    as_float32, batch_offset, gather_batch, gather_batch_invariant, l2_normalize,
+    mean_across_devices, replicate_rows)
 
 
 def nt_xent(
@@ -138,9 +139,8 @@ def nt_xent(
   per_anchor = m + jnp.log1p(shifted_sum + jnp.expm1(-m))
   loss = jnp.mean(per_anchor)
 
-  if axis_name is not None:
-    # Equal shard sizes make the mean of local means the global mean.
-    loss = jax.lax.pmean(loss, axis_name)
+  # Equal shard sizes make the mean of local means the global mean.
+  loss = mean_across_devices(loss, axis_name)
   return loss
 
 
@@ -297,8 +297,7 @@ def info_nce(
     is_negative = jnp.ones(logits.shape, bool)
   margins = jnp.where(is_negative, logits - positive[:, None], -jnp.inf)
   loss = jnp.mean(_log1p_sum_exp(margins))
-  if axis_name is not None:
-    loss = jax.lax.pmean(loss, axis_name)
+  loss = mean_across_devices(loss, axis_name)
   return loss
 
 
@@ -464,8 +463,7 @@ def dcl(
   per_anchor = _masked_logsumexp(logits, is_negative) - positive
   # Sum of the two one-way means, as the authors' training code adds dcl(z1,z2) + dcl(z2,z1).
   loss = 2.0 * jnp.mean(per_anchor)
-  if axis_name is not None:
-    loss = jax.lax.pmean(loss, axis_name)
+  loss = mean_across_devices(loss, axis_name)
   return loss
 
 
@@ -728,8 +726,7 @@ def nnclr(
       _log1p_sum_exp(jnp.where(is_negative, row_logits - positive[:, None], -jnp.inf))
       + _log1p_sum_exp(jnp.where(is_negative, column_logits - positive[:, None], -jnp.inf)))
   loss = jnp.mean(per_example)
-  if axis_name is not None:
-    loss = jax.lax.pmean(loss, axis_name)
+  loss = mean_across_devices(loss, axis_name)
   return loss
 
 
@@ -903,6 +900,5 @@ def isogclr(
   per_anchor = (weighted - jax.lax.stop_gradient(weighted) - positive
                 + anchor_tau * (log_u + rho))
   loss = 2.0 * jnp.mean(per_anchor)
-  if axis_name is not None:
-    loss = jax.lax.pmean(loss, axis_name)
+  loss = mean_across_devices(loss, axis_name)
   return loss, {"u": 0.5 * (new_u[:local_batch] + new_u[local_batch:])}

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from sslx.losses import _checks
-from sslx.losses._common import as_float32, l2_normalize, num_shards, replicate_rows
+from sslx.losses._common import (
+    as_float32, l2_normalize, mean_across_devices, num_shards, replicate_rows)
 
 # Keys per block. Each block's logits are [2b, block_size] float32 (b the local batch), so the
 # working set is 2b * block_size floats; 256 keeps it near the size of the embeddings themselves
@@ -131,9 +132,8 @@ def nt_xent_blockwise(
 
   per_anchor = _negatives_log1p(queries, keys, positive, axis_name, int(block_size))
   loss = jnp.mean(per_anchor)
-  if axis_name is not None:
-    # Equal shard sizes make the mean of local means the global mean.
-    loss = jax.lax.pmean(loss, axis_name)
+  # Equal shard sizes make the mean of local means the global mean.
+  loss = mean_across_devices(loss, axis_name)
   return loss
 
 

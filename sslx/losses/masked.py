@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx.losses import _checks
-from sslx.losses._common import as_float32
+from sslx.losses._common import as_float32, mean_across_devices
 
 # torch.nn.functional.layer_norm / instance_norm's default eps, which I-JEPA and data2vec use.
 TORCH_NORM_EPS = 1e-5
@@ -232,8 +232,7 @@ def ijepa(
   # where() sends each branch's gradient only where it is selected; both are finite everywhere.
   huber = jnp.where(abs_diff < 1.0, 0.5 * jnp.square(diff), abs_diff - 0.5)
   loss = jnp.mean(huber)
-  if axis_name is not None:
-    loss = jax.lax.pmean(loss, axis_name)  # equal shard sizes: the global mean
+  loss = mean_across_devices(loss, axis_name)  # equal shard sizes: the global mean
   return loss
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from sslx.losses import _checks
 from sslx.losses._common import (
-    as_float32, batch_offset, gather_batch, l2_normalize, num_shards, replicate_rows)
+    as_float32, batch_offset, gather_batch, l2_normalize, mean_across_devices, num_shards,
+    replicate_rows)
 
 # --- Differentiable sorting network (Petersen et al.) -------------------------------------------
 
@@ -200,8 +201,7 @@ def _groco(z1, z2, steepness, *, num_negatives, relaxation, stop_gradient, axis_
     return 0.5 * jnp.mean(bce_positive + bce_negative, axis=1)  # [b]
 
   loss = 0.5 * (jnp.mean(per_anchor(u1, u2)) + jnp.mean(per_anchor(u2, u1)))
-  if axis_name is not None:
-    loss = jax.lax.pmean(loss, axis_name)
+  loss = mean_across_devices(loss, axis_name)
   return loss
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx.losses import _checks
-from sslx.losses._common import as_float32, batch_mean, replicate_rows
+from sslx.losses._common import as_float32, batch_mean, mean_across_devices, replicate_rows
 
 _MAPPINGS = ("convex", "linear")
 
@@ -22,10 +22,6 @@ def _check_logit_pair(name_a: str, a, name_b: str, b, axis_name) -> None:
   _checks.check_rank(name_b, b, 2, "[batch, num_classes]")
   _checks.check_same_shape(name_a, a, name_b, b)
   _checks.check_global_batch_size(name_a, a, axis_name, 1, "the loss is a mean over examples")
-
-
-def _pmean(x: jax.Array, axis_name: Hashable | None) -> jax.Array:
-  return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
 
 def _hard_pseudo_labels(logits_weak: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -102,8 +98,8 @@ def fixmatch(
   else:
     targets = jax.nn.softmax(jax.lax.stop_gradient(logits_weak) / temperature, axis=-1)
     per_example = -jnp.sum(targets * jax.nn.log_softmax(logits_strong, axis=-1), axis=-1)
-  loss = _pmean(jnp.mean(per_example * mask), axis_name)
-  return loss, {"mask_rate": _pmean(jnp.mean(mask), axis_name)}
+  loss = mean_across_devices(jnp.mean(per_example * mask), axis_name)
+  return loss, {"mask_rate": mean_across_devices(jnp.mean(mask), axis_name)}
 
 
 # --- FlexMatch ----------------------------------------------------------------------------------
@@ -254,8 +250,9 @@ def flexmatch(
   example_threshold = jnp.sum(jax.nn.one_hot(labels, thresholds.shape[0]) * thresholds, axis=-1)
   mask = (confidence >= example_threshold).astype(jnp.float32)
   per_example = _hard_cross_entropy(logits_strong, labels)
-  loss = _pmean(jnp.mean(per_example * mask), axis_name)
-  return loss, {"mask_rate": _pmean(jnp.mean(mask), axis_name), "class_thresholds": thresholds}
+  loss = mean_across_devices(jnp.mean(per_example * mask), axis_name)
+  mask_rate = mean_across_devices(jnp.mean(mask), axis_name)
+  return loss, {"mask_rate": mask_rate, "class_thresholds": thresholds}
 
 
 def flexmatch_update(
@@ -369,7 +366,7 @@ def mean_teacher(
   student_logits, teacher_logits = as_float32(student_logits, teacher_logits)
   student = jax.nn.softmax(student_logits, axis=-1)
   teacher = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits), axis=-1)
-  return _pmean(jnp.mean((student - teacher) ** 2), axis_name)
+  return mean_across_devices(jnp.mean((student - teacher) ** 2), axis_name)
 
 
 # --- Pseudo-labelling with mixup (Arazo et al.) -------------------------------------------------
@@ -460,7 +457,7 @@ def soft_pseudo_label_mixup(
   mixed_ce = (mix_ratio * jnp.mean(-jnp.sum(labels_a * log_probs, axis=-1))
               + (1.0 - mix_ratio) * jnp.mean(-jnp.sum(labels_b * log_probs, axis=-1)))
   entropy = jnp.mean(-jnp.sum(probs * log_probs, axis=-1))
-  local = _pmean(mixed_ce + reg_entropy_weight * entropy, axis_name)
+  local = mean_across_devices(mixed_ce + reg_entropy_weight * entropy, axis_name)
   # The prior term is a function of the global batch mean, so the mean is reduced first.
   mean_prob = batch_mean(probs, axis_name)
   prior_term = -jnp.sum(prior * jnp.log(mean_prob))
