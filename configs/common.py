@@ -24,7 +24,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = -1  # -1: every device of every process
   c.mesh.shape = (-1,)
-  c.mesh.axes = ("data",)
+  c.mesh.axes = ("data",)  # add "fsdp" / "model" axes for sharded parameters
+  # How parameters with logical axis names (ViT) are sharded: a preset of
+  # sslx.sharding.RULE_PRESETS (replicated | fsdp | tensor | fsdp_tensor), or custom_rules,
+  # ((logical_name, mesh_axis), ...), which override the preset when not empty.
+  c.mesh.rules = "replicated"
+  c.mesh.custom_rules = ()
 
   # Multi-process start-up: explicit (coordinator_address, num_processes, process_id), or
   # auto_detect=True to let jax.distributed find SLURM / Open MPI / TPU pod settings.

@@ -10,6 +10,7 @@ random-encoder and raw-pixel baselines), measured with the command above.
 import ml_collections
 
 from configs import common
+from sslx.models.backbone import backbone_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,16 +25,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 20
   c.checkpoint_every = 100
 
-  c.model = ml_collections.ConfigDict()
-  c.model.depth = 0  # 0: use stage_sizes/block below; 18, 34, 50, ... for the published ResNets
-  c.model.stage_sizes = (1, 1, 1)
-  c.model.block = "basic"
-  c.model.width = 32
-  c.model.stem = "cifar"
+  # Any backbone: --config.model.name=vit (then model.vit.*) or ResNet fields model.resnet.*.
+  c.model = backbone_config("resnet")
+  c.model.resnet.stage_sizes = (1, 1, 1)
+  c.model.resnet.width = 32
   # Stride 2 in the stem: 14x14 feature maps cost a quarter of 28x28 on this CPU, which buys a
   # wider network; at equal CPU time it beat width 16 at full resolution by ~3 kNN points.
-  c.model.stem_stride = 2  # 0: the stem's default (1 for "cifar")
-  c.model.zero_init_residual = False
+  c.model.resnet.stem_stride = 2
+  # A ViT for 28x28 images: 7x7 patches of 4 px, width 128, 4 blocks, 4 heads.
+  c.model.vit.variant = ""
+  c.model.vit.patch_size = 4
+  c.model.vit.width = 128
+  c.model.vit.depth = 4
+  c.model.vit.num_heads = 4
 
   c.projector = ml_collections.ConfigDict()
   c.projector.hidden = (256,)
@@ -66,9 +70,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.checkpoint_every = 3
     c.progress_bar = False
-    c.model.stage_sizes = (1, 1)
-    c.model.width = 8
-    c.model.stem_stride = 0
+    c.model.resnet.stage_sizes = (1, 1)
+    c.model.resnet.width = 8
+    c.model.resnet.stem_stride = 0
+    c.model.vit.width = 16
+    c.model.vit.depth = 1
+    c.model.vit.num_heads = 2
     c.projector.hidden = (32,)
     c.projector.out_features = 16
     c.optim.warmup_steps = 2

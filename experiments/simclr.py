@@ -2,23 +2,21 @@
 projector, trained with NT-Xent so each view picks out its partner among the 2B-1 others.
 """
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sslx.data import augment, sources
 from sslx.losses import nt_xent
 from sslx.method import Method
-from sslx.models import MLP, resnet
+from sslx import sharding
+from sslx.models import MLP, Backbone
 
 
 class SimCLRModel(nnx.Module):
 
-  def __init__(self, config, in_channels: int, *, rngs: nnx.Rngs):
-    m = config.model
-    self.encoder = resnet(in_channels, depth=m.depth or None, stage_sizes=m.stage_sizes,
-                          block=m.block, width=m.width, stem=m.stem,
-                          zero_init_residual=m.zero_init_residual,
-                          stem_stride=m.stem_stride or None, rngs=rngs)
+  def __init__(self, config, image_shape, *, rngs: nnx.Rngs):
+    self.encoder = Backbone(config.model, image_shape, rngs=rngs)
     p = config.projector
     self.projector = MLP(self.encoder.num_features, tuple(p.hidden), p.out_features, rngs=rngs)
 
@@ -30,27 +28,33 @@ def _split(model):
 
 def get_method(config) -> Method:
   info = sources.get_dataset_info(config.data.name)
-  in_channels = info.image_shape[-1]
   mean = jnp.asarray(info.mean, jnp.float32)
   std = jnp.asarray(info.std, jnp.float32)
-  graphdef, _, _ = _split(nnx.eval_shape(lambda: SimCLRModel(config, in_channels,
-                                                             rngs=nnx.Rngs(0))))
   view_configs = [config.augment, config.augment]
+  # The encoder sees augmented views; their size (crop_size) may differ from the dataset's.
+  view_hw = augment.make_pipeline(config.augment).out_hw(info.image_shape[:2])
+  view_shape = (*view_hw, info.image_shape[-1])
+  abstract = nnx.eval_shape(lambda: SimCLRModel(config, view_shape, rngs=nnx.Rngs(0)))
+  graphdef, _, _ = _split(abstract)
 
   def init(rng, batch):
     del batch  # the model's shapes come from the config and the dataset
-    _, params, batch_stats = _split(SimCLRModel(config, in_channels, rngs=nnx.Rngs(rng)))
+    _, params, batch_stats = _split(SimCLRModel(config, view_shape, rngs=nnx.Rngs(rng)))
     return {"params": params, "batch_stats": batch_stats}
 
   def apply(variables, images):
     model = nnx.merge(graphdef, variables["params"], variables["batch_stats"])
+    if images.shape[1:3] != view_hw:  # evaluate at the training resolution (a ViT needs it)
+      images = jax.image.resize(images, (images.shape[0], *view_shape), "bilinear")
     return model.encoder((images - mean) / std, train=False)
 
   def loss(params, variables, batch, rng):
-    views = augment.augment_views(rng, batch["image"], view_configs)
+    views = augment.augment_views(rng, batch["image"], view_configs)  # view i: fold_in(rng, i)
+    encoder_rng = jax.random.fold_in(rng, len(view_configs))  # stochastic depth / drop-path
     # One forward pass over both views: BatchNorm sees the 2B images together, as in SimCLR.
     model = nnx.merge(graphdef, params, variables["batch_stats"], copy=True)
-    z = model.projector(model.encoder((jnp.concatenate(views) - mean) / std, train=True),
+    z = model.projector(model.encoder((jnp.concatenate(views) - mean) / std, train=True,
+                                      rng=encoder_rng),
                         train=True)
     z1, z2 = jnp.split(z, 2)
     value = nt_xent(z1, z2, temperature=config.loss.temperature)
@@ -63,6 +67,7 @@ def get_method(config) -> Method:
     }
     return value, {"metrics": metrics, "state": {"batch_stats": batch_stats}}
 
-  return Method(init=init, apply=apply, loss=loss)
+  param_axes = sharding.logical_axes(nnx.state(abstract, nnx.Param))
+  return Method(init=init, apply=apply, loss=loss, param_axes=param_axes)
 
 

@@ -30,3 +30,7 @@ class Method(NamedTuple):
   init: Callable[[jax.Array, Batch], Variables]
   apply: Callable[[Variables, jax.Array], jax.Array]
   loss: Callable[[Any, Variables, Batch, jax.Array], tuple[jax.Array, Aux]]
+  # Logical axis names of the parameters (a pytree shaped like variables["params"] with a tuple
+  # of names or None per leaf, e.g. sslx.sharding.logical_axes of a ViT); None replicates them.
+  # config.mesh.rules maps the names to mesh axes (FSDP, tensor parallelism).
+  param_axes: Any = None

@@ -1,16 +1,41 @@
-"""Device meshes, global batches and multi-process start-up.
+"""Device meshes, global batches, parameter sharding rules and multi-process start-up.
 
-One mesh per run, with the batch sharded along its "data" axis; the train state is replicated.
-Multi-host runs start through `jax.distributed`, from the config or the cluster's environment.
+One mesh per run ("data" always, "fsdp" / "model" from config): the batch is split over "data"
+(and "fsdp"); parameters are replicated, or sharded by rules mapping their logical axis names
+(e.g. "embed", "mlp", "heads", set by sslx.models.vit) to mesh axes. Multi-host runs start
+through `jax.distributed`, from the config or the cluster's environment.
 """
 
+import math
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 from absl import logging
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+MODEL_AXIS = "model"
+# Mesh axes the global batch is split over: FSDP (ZeRO-3) devices are data-parallel too, each
+# gathering the weights it needs layer by layer (Rajbhandari et al. 2020; MaxText's
+# ("data", "fsdp") batch axes).
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+
+# Logical-name -> mesh-axis rules. The first rule for a name whose mesh axes exist, are not yet
+# used by another dimension of the same parameter and divide the dimension wins; no rule (or
+# None) leaves the dimension replicated.
+RULE_PRESETS = {
+    "replicated": (),
+    # FSDP / ZeRO-3: every weight is split along its residual-width ("embed") dimension. MLP
+    # weights are embed x mlp, attention weights embed x heads x kv: all are covered.
+    "fsdp": (("embed", FSDP_AXIS),),
+    # Megatron tensor parallelism (Shoeybi et al. 2019): each device owns a slice of the MLP
+    # hidden units and whole attention heads; the residual stream stays replicated.
+    "tensor": (("mlp", MODEL_AXIS), ("heads", MODEL_AXIS)),
+    "fsdp_tensor": (("embed", FSDP_AXIS), ("mlp", MODEL_AXIS), ("heads", MODEL_AXIS)),
+}
 
 
 def initialize_distributed(config) -> None:
@@ -85,9 +110,15 @@ def make_mesh(config) -> Mesh:
   return Mesh(np.asarray(devices[:n]).reshape(shape), axes)
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes the batch is split over: "data", and "fsdp" when the mesh has it."""
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over the "data" axis, the rest replicated."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Leading (batch) dimension split over the "data" (and "fsdp") axes, the rest replicated."""
+  axes = batch_axes(mesh)
+  return NamedSharding(mesh, P(axes[0] if len(axes) == 1 else axes))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -95,8 +126,189 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
-  n = mesh.shape[DATA_AXIS]
+  axes = batch_axes(mesh)
+  n = math.prod(mesh.shape[a] for a in axes)
   if global_batch_size % n or global_batch_size % jax.process_count():
     raise ValueError(
         f"batch_size={global_batch_size} must be divisible by the {n} devices of the mesh's "
-        f"'{DATA_AXIS}' axis and by the {jax.process_count()} processes")
+        f"{' x '.join(repr(a) for a in axes)} axes and by the {jax.process_count()} processes")
+
+
+def get_rules(rules: Any) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+  """Normalises sharding rules: a preset name (RULE_PRESETS), or pairs (logical_name, mesh_axis)
+  where mesh_axis is an axis name, a tuple of them (split over their product) or None
+  (replicate). A config (e.g. config.mesh) may be passed: its `custom_rules` pairs when not
+  empty, else its `rules` preset name; neither -> replicated. (Two fields because a
+  ConfigDict field keeps its type: `--config.mesh.rules=fsdp` on the command line, pairs in a
+  config file.)
+
+  >>> get_rules("fsdp")
+  (('embed', ('fsdp',)),)
+  """
+  if hasattr(rules, "get") and not isinstance(rules, (str, tuple, list)):
+    rules = rules.get("custom_rules", ()) or rules.get("rules", "replicated")
+  if isinstance(rules, str):
+    if rules not in RULE_PRESETS:
+      raise ValueError(f"mesh.rules must be one of {sorted(RULE_PRESETS)} or (logical_name, "
+                       f"mesh_axis) pairs, got {rules!r}")
+    rules = RULE_PRESETS[rules]
+  out = []
+  for rule in rules or ():
+    ok = isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+    axes = rule[1] if ok else None
+    if ok and isinstance(axes, str):
+      axes = (axes,)
+    if not ok or not (axes is None or (isinstance(axes, (tuple, list)) and axes
+                                       and all(isinstance(a, str) for a in axes))):
+      raise ValueError(f"each sharding rule must be (logical_name, mesh_axis | (mesh_axes,) | "
+                       f"None), got {rule!r}")
+    out.append((rule[0], None if axes is None else tuple(axes)))
+  return tuple(out)
+
+
+def logical_to_mesh(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+                    rules: Any, *, strict: bool = False, where: str = "parameter") -> P:
+  """The PartitionSpec of an array of `shape` whose dimensions carry logical `names`.
+
+  Rules naming axes the mesh lacks are skipped, so one rule set serves every mesh (the "fsdp"
+  rules on a data-only mesh replicate). A dimension the chosen mesh axes do not divide (e.g.
+  12 heads over a model axis of 8, or p*p*C patch pixels) falls back to the next rule and
+  finally to replication; with `strict=True` it raises ValueError instead.
+  """
+  if names is None:
+    return P()
+  names = tuple(names)
+  if len(names) != len(shape):
+    raise ValueError(f"{where}: {len(names)} logical axis names {names} for an array of shape "
+                     f"{tuple(shape)}")
+  used, spec = set(), []
+  for dim, (size, name) in enumerate(zip(shape, names)):
+    choice = None
+    for rule_name, axes in get_rules(rules):
+      if rule_name != name or axes is None:
+        if rule_name == name:  # an explicit "replicate" rule ends the search
+          break
+        continue
+      axes = tuple(a for a in axes if a in mesh.axis_names)
+      if not axes or used.intersection(axes):
+        continue
+      n = math.prod(mesh.shape[a] for a in axes)
+      if size % n:
+        if strict:
+          raise ValueError(
+              f"{where}: dimension {dim} ({name!r}, size {size}) is not divisible by mesh axes "
+              f"{axes} of size {n}; change the mesh or the rules, or pass strict=False to "
+              "replicate it")
+        continue
+      choice = axes
+      used.update(axes)
+      break
+    spec.append(None if choice is None else (choice[0] if len(choice) == 1 else choice))
+  return P(*spec)
+
+
+def _is_variable(x):
+  return isinstance(x, nnx.Variable)
+
+
+def _names_of(variable):
+  metadata = variable.get_metadata()
+  # "out_sharding" in flax 0.12 (nnx.with_partitioning); older / newer releases used
+  # "sharding" and "sharding_names".
+  for key in ("out_sharding", "sharding_names", "sharding"):
+    if metadata.get(key):
+      return tuple(metadata[key])
+  return None
+
+
+def _state_of(tree):
+  if isinstance(tree, nnx.Module):
+    return nnx.state(tree)
+  return tree
+
+
+def logical_axes(tree: Any) -> Any:
+  """Logical axis names of every variable of an NNX module or State (abstract ones too), as a
+  pure dict shaped like `State.to_pure_dict()`; None where a variable has no names."""
+  state = _state_of(tree)
+  if not isinstance(state, nnx.State):
+    raise ValueError(f"tree must be an nnx.Module or nnx.State, got {type(tree).__name__}")
+  named = jax.tree.map(lambda v: v.replace(_names_of(v)), state, is_leaf=_is_variable)
+  return named.to_pure_dict()
+
+
+def logical_shardings(tree: Any, axes: Any, mesh: Mesh, rules: Any, *,
+                      strict: bool = False) -> Any:
+  """NamedShardings for a pytree of arrays / ShapeDtypeStructs whose logical names are `axes`
+  (a tree with `tree`'s structure as prefix: a tuple of names, or None for replicated, per
+  leaf; axes=None replicates everything, e.g. a ResNet's variables)."""
+  if axes is None:
+    return jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
+  fallbacks = []
+
+  def one(path, x, names):
+    where = jax.tree_util.keystr(path)
+    spec = logical_to_mesh(names, np.shape(x), mesh, rules, strict=strict, where=where)
+    # The spec the rules would give if every dimension divided (size 0 divides anything):
+    # a difference means a fallback to replication, worth a warning.
+    wanted = logical_to_mesh(names, (0,) * len(names), mesh, rules) if names else P()
+    if spec != wanted:
+      fallbacks.append(f"{where} {tuple(np.shape(x))} {tuple(spec)} (rules ask {tuple(wanted)})")
+    return NamedSharding(mesh, spec)
+
+  out = jax.tree_util.tree_map_with_path(one, tree, axes)
+  if fallbacks:
+    logging.warning("%d parameter dimensions are replicated because the mesh does not divide "
+                    "them: %s", len(fallbacks), "; ".join(fallbacks[:8]))
+  return out
+
+
+def param_shardings(tree: Any, mesh: Mesh, rules: Any, *, strict: bool = False) -> Any:
+  """NamedShardings for the variables of an NNX module or State (abstract ones from
+  `nnx.eval_shape` cost nothing), as a pure dict shaped like `State.to_pure_dict()`, ready for
+  `jax.jit(..., in_shardings=..., out_shardings=...)`. A plain pytree of arrays (no logical
+  names) is replicated, as are variables without names (ResNet's, BatchNorm statistics).
+
+  >>> from flax import nnx
+  >>> from sslx.models.vit import vit
+  >>> mesh = make_mesh_from(("data", "fsdp"), (1, 8))
+  >>> model = nnx.eval_shape(lambda: vit(patch_size=4, width=32, depth=1, num_heads=4,
+  ...                                    image_size=16, rngs=nnx.Rngs(0)))
+  >>> param_shardings(nnx.state(model, nnx.Param), mesh, "fsdp")["blocks"][0]["fc1"][
+  ...     "kernel"].spec
+  PartitionSpec('fsdp', None)
+  """
+  state = _state_of(tree)
+  if not isinstance(state, nnx.State):
+    return logical_shardings(state, None, mesh, rules, strict=strict)
+  return logical_shardings(state.to_pure_dict(), logical_axes(state), mesh, rules,
+                           strict=strict)
+
+
+def state_shardings(state: Any, params: Any, param_sharding: Any, mesh: Mesh) -> Any:
+  """Shardings for a whole train state: every subtree shaped like `params` (the parameters
+  themselves, optimizer moments, an EMA teacher) gets `param_sharding`; every other leaf (step
+  counter, RNG key, scalars, BatchNorm statistics) is replicated.
+
+  `state` and `params` may be abstract (`jax.eval_shape`), so the shardings are known before
+  anything is allocated: `jax.jit(init, out_shardings=state_shardings(...))` then creates
+  each parameter directly in its slices.
+  """
+  treedef = jax.tree.structure(params)
+  shapes = [np.shape(x) for x in jax.tree.leaves(params)]
+
+  def like_params(x):
+    if jax.tree.structure(x) != treedef:
+      return False
+    return [np.shape(leaf) for leaf in jax.tree.leaves(x)] == shapes
+
+  rep = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: param_sharding if like_params(x) else rep, state,
+                      is_leaf=like_params)
+
+
+def make_mesh_from(axes: Sequence[str], shape: Sequence[int]) -> Mesh:
+  """make_mesh over all devices from explicit axes and shape (tests, notebooks)."""
+  import ml_collections  # local: only this convenience needs it
+  return make_mesh(ml_collections.ConfigDict(
+      {"num_devices": -1, "axes": tuple(axes), "shape": tuple(shape)}))

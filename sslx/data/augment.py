@@ -1,11 +1,15 @@
-"""Jittable image augmentation (SimCLR / BYOL views) that runs on device inside the train
-step, on the globally sharded uint8 batch, with static shapes and per-example keys.
+"""Jittable image augmentation that runs on device inside the train step, on the globally
+sharded uint8 batch: ops registered by name, pipelines from spec strings or dicts, with params.
 """
 
+import ast
+import inspect
 import math
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.scipy.ndimage
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,6 +24,21 @@ __all__ = [
   "random_grayscale",
   "gaussian_blur",
   "solarize",
+  "random_rotate",
+  "AUGMENTATIONS",
+  "AugmentOp",
+  "RandomResizedCrop",
+  "Flip",
+  "ColorJitter",
+  "Grayscale",
+  "Blur",
+  "Solarize",
+  "Rotate",
+  "register_augmentation",
+  "make_op",
+  "Pipeline",
+  "parse_pipeline",
+  "make_pipeline",
   "augment_view",
   "augment_batch",
   "augment_views",
@@ -363,56 +382,75 @@ def _blend_dynamic(image, code, factor):
   return jnp.clip(factor * image + (1.0 - factor) * ref, 0.0, 1.0)
 
 
-def _color_jitter(u, image, brightness, contrast, saturation, hue, prob, random_order):
-  rgb = image.shape[-1] == 3
-  codes, factors = [], []
-  for i, (code, strength, active) in enumerate((
-    (_BRIGHTNESS, brightness, True),
-    (_CONTRAST, contrast, True),
-    (_SATURATION, saturation, rgb),
-    (_HUE, hue, rgb),
-  )):
-    if not active or strength <= 0:
+_NEUTRAL_FACTORS = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation, hue: no change
+
+
+def _jitter_active(channels: int, brightness, contrast, saturation, hue):
+  """Static list of (code, lo, hi) for the adjustments that act on this image."""
+  rgb = channels == 3
+  active = []
+  for code, strength, on in ((_BRIGHTNESS, brightness, True), (_CONTRAST, contrast, True),
+                             (_SATURATION, saturation, rgb), (_HUE, hue, rgb)):
+    if not on or strength <= 0:
       continue
     if code == _HUE:
-      lo, hi = -strength, strength
+      active.append((code, -strength, strength))
     else:
-      lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
-    codes.append(code)
-    factors.append(lo + (hi - lo) * u[1 + i])
-  if not codes or prob <= 0:
+      active.append((code, max(0.0, 1.0 - strength), 1.0 + strength))
+  return active
+
+
+def _jitter_draw(u, active, random_order: bool):
+  """Factors [4] (neutral for inactive adjustments) and the order [4] (a permutation of the
+  codes: order[i] is the adjustment applied i-th; inactive ones are listed last)."""
+  factors = [jnp.float32(f) for f in _NEUTRAL_FACTORS]
+  keys = [jnp.float32(2.0 + code) for code in range(4)]  # > any uniform: inactive go last
+  for i, (code, lo, hi) in enumerate(active):
+    factors[code] = lo + (hi - lo) * u[1 + code]
+    keys[code] = u[5 + i] if random_order else jnp.float32(code)
+  return jnp.stack(factors), jnp.argsort(jnp.stack(keys)).astype(jnp.int32)
+
+
+def _jitter_apply(image, codes, factors, order, random_order: bool):
+  """The adjustments ``codes`` (static) with ``factors`` [4], in ``order`` [4]."""
+  if not codes:
     return image
-  n = len(codes)
-
-  def jitter(x):
-    if not random_order or n == 1:
-      for code, f in zip(codes, factors):
-        x = _adjust(x, code, f)
-      return x
-    # A uniformly random order: sort the ops by uniform keys. Rather than evaluating
-    # every op at every position (4x the costly HSV round trip, and slow to compile),
-    # the blend ops run in their sorted order in two passes, those sorted before hue
-    # in the first pass and those after it in the second, with hue once in between.
-    sort_keys = [u[5 + i] for i in range(n)]
-    blend = [i for i, c in enumerate(codes) if c != _HUE]
-    blend_keys = jnp.stack([sort_keys[i] for i in blend])
-    slots = jnp.argsort(blend_keys)
-    blend_codes = jnp.asarray([codes[i] for i in blend], dtype=jnp.int32)[slots]
-    blend_factors = jnp.stack([factors[i] for i in blend])[slots]
-    if _HUE not in codes:
-      for s in range(len(blend)):
-        x = _blend_dynamic(x, blend_codes[s], blend_factors[s])
-      return x
-    h = codes.index(_HUE)
-    hue_pos = jnp.sum(blend_keys < sort_keys[h])  # how many blend ops precede hue
-    for s in range(len(blend)):
-      x = jnp.where(s < hue_pos, _blend_dynamic(x, blend_codes[s], blend_factors[s]), x)
-    x = _adjust_hue(x, factors[h])
-    for s in range(len(blend)):
-      x = jnp.where(s >= hue_pos, _blend_dynamic(x, blend_codes[s], blend_factors[s]), x)
+  x = image
+  if not random_order or len(codes) == 1:
+    for code in codes:
+      x = _adjust(x, code, factors[code])
     return x
+  # A random order: rather than evaluating every op at every position (4x the costly HSV
+  # round trip, and slow to compile), the blend ops run in their sorted order in two
+  # passes, those before hue in the first pass and those after it in the second, with hue
+  # once in between.
+  rank = jnp.argsort(order)  # rank[code]: the position at which code is applied
+  blend = [c for c in codes if c != _HUE]
+  blend_rank = rank[jnp.asarray(blend)]
+  slots = jnp.argsort(blend_rank)
+  blend_codes = jnp.asarray(blend, dtype=jnp.int32)[slots]
+  blend_factors = factors[jnp.asarray(blend)][slots]
+  if _HUE not in codes:
+    for s in range(len(blend)):
+      x = _blend_dynamic(x, blend_codes[s], blend_factors[s])
+    return x
+  hue_pos = jnp.sum(blend_rank < rank[_HUE])  # how many blend ops precede hue
+  for s in range(len(blend)):
+    x = jnp.where(s < hue_pos, _blend_dynamic(x, blend_codes[s], blend_factors[s]), x)
+  x = _adjust_hue(x, factors[_HUE])
+  for s in range(len(blend)):
+    x = jnp.where(s >= hue_pos, _blend_dynamic(x, blend_codes[s], blend_factors[s]), x)
+  return x
 
-  return _maybe_apply(u[0], prob, image, jitter)
+
+def _color_jitter(u, image, brightness, contrast, saturation, hue, prob, random_order):
+  active = _jitter_active(image.shape[-1], brightness, contrast, saturation, hue)
+  if not active or prob <= 0:
+    return image
+  factors, order = _jitter_draw(u, active, random_order)
+  codes = [code for code, _, _ in active]
+  return _maybe_apply(
+    u[0], prob, image, lambda x: _jitter_apply(x, codes, factors, order, random_order))
 
 
 def color_jitter(
@@ -490,19 +528,21 @@ def _gaussian_blur(u, image, prob, sigma, kernel_size):
   if kernel_size == 1:
     return image
   s_lo, s_hi = sigma
-  height, width = image.shape[0], image.shape[1]
+  s = s_lo + (s_hi - s_lo) * u[1]
+  return _maybe_apply(u[0], prob, image, lambda x: _blur_sigma(x, s, kernel_size))
 
-  def blur(x):
-    s = s_lo + (s_hi - s_lo) * u[1]
-    offsets = jnp.arange(kernel_size, dtype=jnp.float32) - kernel_size // 2
-    weights = jnp.exp(-0.5 * jnp.square(offsets / s))
-    weights = weights / jnp.sum(weights)
-    pad = kernel_size // 2
-    x = _blur_axis(x, weights, 0, "reflect" if pad < height else "edge")
-    x = _blur_axis(x, weights, 1, "reflect" if pad < width else "edge")
-    return jnp.clip(x, 0.0, 1.0)
 
-  return _maybe_apply(u[0], prob, image, blur)
+def _blur_sigma(image, sigma, kernel_size: int):
+  """Separable Gaussian blur with standard deviation ``sigma`` (pixels), static kernel."""
+  if kernel_size == 1:
+    return image
+  offsets = jnp.arange(kernel_size, dtype=jnp.float32) - kernel_size // 2
+  weights = jnp.exp(-0.5 * jnp.square(offsets / sigma))
+  weights = weights / jnp.sum(weights)
+  pad = kernel_size // 2
+  x = _blur_axis(image, weights, 0, "reflect" if pad < image.shape[0] else "edge")
+  x = _blur_axis(x, weights, 1, "reflect" if pad < image.shape[1] else "edge")
+  return jnp.clip(x, 0.0, 1.0)
 
 
 def _check_kernel_size(kernel_size, height: int, width: int) -> int:
@@ -543,7 +583,473 @@ def solarize(key, image, *, prob: float, threshold: float = 0.5):
 
 
 # ----------------------------------------------------------------------------------
-# Pipelines.
+# Rotation.
+
+_N_ROTATE = 2  # apply, angle
+
+
+def _rotate(image, angle):
+  """Rotates ``image`` [H, W, C] counter-clockwise by ``angle`` degrees about its centre.
+
+  Bilinear sampling; the source of a pixel that falls outside the image reads 0 (and
+  pixels within one pixel of the border blend with 0), as torchvision's ``rotate`` with
+  bilinear interpolation and ``fill=0``.
+  """
+  h, w = image.shape[0], image.shape[1]
+  theta = angle * (math.pi / 180.0)
+  c, s = jnp.cos(theta), jnp.sin(theta)
+  # Output pixel centres relative to the image centre (y points down, x right).
+  dy = (jnp.arange(h, dtype=jnp.float32) + 0.5 - h / 2)[:, None]
+  dx = (jnp.arange(w, dtype=jnp.float32) + 0.5 - w / 2)[None, :]
+  # The forward map is counter-clockwise on screen, (dx, dy) -> (c dx + s dy, -s dx + c dy)
+  # with y down; each output pixel reads its source through the inverse (rotation by -angle).
+  # Sample indices put pixel centres at integers, hence the -0.5.
+  src_x = c * dx - s * dy + (w / 2 - 0.5)
+  src_y = s * dx + c * dy + (h / 2 - 0.5)
+  channels = [
+    jax.scipy.ndimage.map_coordinates(
+      image[..., k], [src_y, src_x], order=1, mode="constant", cval=0.0)
+    for k in range(image.shape[-1])
+  ]
+  return jnp.clip(jnp.stack(channels, axis=-1), 0.0, 1.0)
+
+
+def _check_degrees(degrees):
+  """``d`` -> (-d, d); a pair (lo, hi) with lo <= hi stays as it is."""
+  if _is_static_number(degrees):
+    if degrees < 0:
+      raise ValueError(f"degrees: expected a number >= 0 or a pair (lo, hi), got {degrees!r}")
+    return -float(degrees), float(degrees)
+  try:
+    lo, hi = (float(v) for v in degrees)
+    ok = lo <= hi
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise ValueError(
+      f"degrees: expected a number >= 0 or a pair (lo, hi) with lo <= hi, got {degrees!r}")
+  return lo, hi
+
+
+def random_rotate(key, image, *, degrees, prob: float = 1.0):
+  """With probability ``prob``, rotates the image counter-clockwise by an angle (degrees)
+  uniform in ``degrees`` (a number d means (-d, d)), about its centre, bilinear, fill 0.
+
+  As torchvision's ``RandomRotation(degrees)``; used for rotation-equivariant methods (SIE,
+  Garrido et al. 2023) and rotation prediction (RotNet, Gidaris et al. 2018). The output
+  keeps the input's shape.
+  """
+  _check_image(image)
+  op = Rotate(degrees, p=prob)
+  return op.random(_uniforms(key, op.n_uniforms), image)[0]
+
+
+# ----------------------------------------------------------------------------------
+# Ops by name: each draws its randomness from a static number of uniforms, can report
+# what it drew (a fixed-shape dict of arrays), and can replay those parameters.
+
+
+class AugmentOp:
+  """An augmentation op configured by static arguments, registered by name.
+
+  Subclasses set ``n_uniforms`` (how many uniforms in [0, 1) one call consumes) and define
+  ``sample(u, shape) -> params`` (a dict of fixed-shape arrays describing the transformation
+  in effect) and ``apply(image, params) -> image`` (deterministic; replays ``params``).
+  ``random(u, image)`` returns ``(apply(image, sample(u, image.shape)), params)``; ops
+  with a probability override it to skip the work statically when ``p`` is 0 or 1.
+  Images are float32 [H, W, C] in [0, 1].
+  """
+
+  name = ""
+  n_uniforms = 0
+
+  def __init__(self, **args):
+    self.args = args  # the validated arguments, for `spec`
+
+  def out_hw(self, hw):
+    """The output's (height, width) for an input of (height, width) ``hw``."""
+    return hw
+
+  def sample(self, u, shape):
+    raise NotImplementedError
+
+  def apply(self, image, params):
+    raise NotImplementedError
+
+  def random(self, u, image):
+    params = self.sample(u, image.shape)
+    return self.apply(image, params), params
+
+  def spec(self) -> str:
+    """The op as a pipeline-spec element (parses back to an equal op)."""
+    return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
+
+  def __repr__(self):
+    return self.spec()
+
+
+class _GatedOp(AugmentOp):
+  """An op applied with probability ``p``: ``params["applied"] = u[0] < p``."""
+
+  def transform(self, image, params):
+    raise NotImplementedError
+
+  def apply(self, image, params):
+    return jnp.where(params["applied"], self.transform(image, params), image)
+
+  def random(self, u, image):
+    params = self.sample(u, image.shape)
+    out = _maybe_apply(u[0], self.p, image, lambda x: self.transform(x, params))
+    return out, params
+
+
+AUGMENTATIONS: dict = {}
+# The single-op function names also work in specs.
+_ALIASES = {"random_flip": "flip", "random_grayscale": "grayscale", "gaussian_blur": "blur",
+            "random_rotate": "rotate"}
+
+
+def register_augmentation(name: str):
+  """Class decorator adding an `AugmentOp` subclass to `AUGMENTATIONS` under ``name``."""
+  if not (isinstance(name, str) and name.isidentifier()):
+    raise ValueError(f"name: expected a Python identifier, got {name!r}")
+
+  def register(cls):
+    if not (isinstance(cls, type) and issubclass(cls, AugmentOp)):
+      raise ValueError(f"register_augmentation({name!r}): expected an AugmentOp subclass, "
+                       f"got {cls!r}")
+    cls.name = name
+    AUGMENTATIONS[name] = cls
+    return cls
+
+  return register
+
+
+@register_augmentation("random_resized_crop")
+class RandomResizedCrop(AugmentOp):
+  """`random_resized_crop`; params ``{"box": [4] float32 (y0, x0, h, w)}`` in input pixels
+  (continuous coordinates, the whole image is (0, 0, H, W)). ``size=None`` keeps H, W."""
+
+  n_uniforms = _N_CROP
+
+  def __init__(self, size=None, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
+    self.size = None if size is None else _check_size("size", size)
+    self.scale = _check_range("scale", scale, 0.0, 1.0)
+    self.ratio = _check_range("ratio", ratio, 0.0)
+    super().__init__(size=size, scale=self.scale, ratio=self.ratio)
+
+  def out_hw(self, hw):
+    return hw if self.size is None else self.size
+
+  def sample(self, u, shape):
+    return {"box": _crop_box(u, shape[0], shape[1], self.scale, self.ratio)}
+
+  def apply(self, image, params):
+    return _resize_box(image, params["box"], *self.out_hw(image.shape[:2]))
+
+
+@register_augmentation("flip")
+class Flip(_GatedOp):
+  """Horizontal flip with probability ``p``; params ``{"applied": bool}``."""
+
+  n_uniforms = _N_FLIP
+
+  def __init__(self, p=0.5):
+    self.p = _check_prob("p", p)
+    super().__init__(p=self.p)
+
+  def sample(self, u, shape):
+    return {"applied": u[0] < self.p}
+
+  def transform(self, image, params):
+    return image[:, ::-1]
+
+
+@register_augmentation("color_jitter")
+class ColorJitter(_GatedOp):
+  """`color_jitter` with probability ``p``.
+
+  Params: ``applied`` (bool); ``factors`` [4] float32: brightness, contrast, saturation
+  factors and the hue shift in effect (neutral 1, 1, 1, 0 when not applied, for an
+  adjustment of strength 0, and for saturation / hue on 1-channel images); ``order`` [4]
+  int32: ``order[i]`` is the adjustment (0 brightness, 1 contrast, 2 saturation, 3 hue)
+  applied i-th, inactive adjustments listed last.
+  """
+
+  n_uniforms = _N_JITTER
+
+  def __init__(self, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8,
+               random_order=True):
+    self.strengths = (_check_nonneg("brightness", brightness),
+                      _check_nonneg("contrast", contrast),
+                      _check_nonneg("saturation", saturation),
+                      _check_nonneg("hue", hue, upper=0.5))
+    self.p = _check_prob("p", p)
+    if not isinstance(random_order, (bool, np.bool_)):
+      raise ValueError(f"random_order: expected True or False, got {random_order!r}")
+    self.random_order = bool(random_order)
+    super().__init__(brightness=self.strengths[0], contrast=self.strengths[1],
+                     saturation=self.strengths[2], hue=self.strengths[3], p=self.p,
+                     random_order=self.random_order)
+
+  def _active(self, channels):
+    return _jitter_active(channels, *self.strengths) if self.p > 0 else []
+
+  def sample(self, u, shape):
+    factors, order = _jitter_draw(u, self._active(shape[-1]), self.random_order)
+    applied = u[0] < self.p
+    factors = jnp.where(applied, factors, jnp.asarray(_NEUTRAL_FACTORS, jnp.float32))
+    return {"applied": applied, "factors": factors, "order": order}
+
+  def transform(self, image, params):
+    codes = [code for code, _, _ in self._active(image.shape[-1])]
+    return _jitter_apply(image, codes, params["factors"], params["order"], self.random_order)
+
+
+@register_augmentation("grayscale")
+class Grayscale(_GatedOp):
+  """Luma replicated to 3 channels with probability ``p``; params ``{"applied": bool}``
+  (always False on 1-channel images, which it leaves alone)."""
+
+  n_uniforms = _N_GRAY
+
+  def __init__(self, p=0.2):
+    self.p = _check_prob("p", p)
+    super().__init__(p=self.p)
+
+  def sample(self, u, shape):
+    return {"applied": (u[0] < self.p) & (shape[-1] == 3)}
+
+  def transform(self, image, params):
+    return jnp.broadcast_to(_gray(image), image.shape)
+
+  def random(self, u, image):
+    if image.shape[-1] == 1:
+      return image, self.sample(u, image.shape)
+    return super().random(u, image)
+
+
+@register_augmentation("blur")
+class Blur(_GatedOp):
+  """`gaussian_blur` with probability ``p``; params ``{"applied": bool, "sigma": float32}``
+  (sigma in pixels, 0 when not applied). ``kernel_size=None``: ~10% of the side."""
+
+  n_uniforms = _N_BLUR
+
+  def __init__(self, p=0.5, sigma=(0.1, 2.0), kernel_size=None):
+    self.p = _check_prob("p", p)
+    self.sigma = _check_range("sigma", sigma, 0.0)
+    if kernel_size is not None:
+      kernel_size = _check_kernel_size(kernel_size, 1, 1)
+    self.kernel_size = kernel_size
+    super().__init__(p=self.p, sigma=self.sigma, kernel_size=kernel_size)
+
+  def sample(self, u, shape):
+    applied = u[0] < self.p
+    sigma = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[1]
+    return {"applied": applied, "sigma": jnp.where(applied, sigma, 0.0)}
+
+  def transform(self, image, params):
+    k = self.kernel_size or default_blur_kernel_size(image.shape[0], image.shape[1])
+    sigma = params["sigma"]
+    return _blur_sigma(image, jnp.where(sigma > 0, sigma, 1.0), k)  # 0: not applied
+
+
+@register_augmentation("solarize")
+class Solarize(_GatedOp):
+  """`solarize` with probability ``p`` (pixels >= threshold -> 1 - pixel); params
+  ``{"applied": bool}``."""
+
+  n_uniforms = _N_SOLARIZE
+
+  def __init__(self, p=0.2, threshold=0.5):
+    self.p = _check_prob("p", p)
+    self.threshold = _check_nonneg("threshold", threshold, upper=1.0)
+    super().__init__(p=self.p, threshold=self.threshold)
+
+  def sample(self, u, shape):
+    return {"applied": u[0] < self.p}
+
+  def transform(self, image, params):
+    return jnp.where(image >= self.threshold, 1.0 - image, image)
+
+
+@register_augmentation("rotate")
+class Rotate(_GatedOp):
+  """`random_rotate` with probability ``p``; params ``{"applied": bool, "angle": float32}``
+  (degrees counter-clockwise, 0 when not applied)."""
+
+  n_uniforms = _N_ROTATE
+
+  def __init__(self, degrees, p=1.0):
+    self.degrees = _check_degrees(degrees)
+    self.p = _check_prob("p", p)
+    super().__init__(degrees=self.degrees, p=self.p)
+
+  def sample(self, u, shape):
+    applied = u[0] < self.p
+    lo, hi = self.degrees
+    return {"applied": applied, "angle": jnp.where(applied, lo + (hi - lo) * u[1], 0.0)}
+
+  def transform(self, image, params):
+    return _rotate(image, params["angle"])
+
+
+def _known_ops() -> str:
+  return ", ".join(sorted(AUGMENTATIONS))
+
+
+def make_op(name: str, *args, **kwargs) -> AugmentOp:
+  """The registered op ``name`` built from ``args`` / ``kwargs``; ValueError (naming the op,
+  the argument and the known ops) for an unknown name or a bad argument."""
+  cls = AUGMENTATIONS.get(_ALIASES.get(name, name))
+  if cls is None:
+    raise ValueError(f"unknown augmentation op {name!r}; known ops: {_known_ops()}")
+  signature = inspect.signature(cls)
+  try:
+    signature.bind(*args, **kwargs)
+  except TypeError as e:
+    raise ValueError(
+      f"augmentation op {name!r}: {e}; it takes ({', '.join(signature.parameters)}); "
+      f"known ops: {_known_ops()}") from None
+  try:
+    return cls(*args, **kwargs)
+  except ValueError as e:
+    raise ValueError(f"augmentation op {name!r}: {e}; known ops: {_known_ops()}") from None
+
+
+_OP_PATTERN = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*", re.DOTALL)
+
+
+def _parse_op(text: str) -> AugmentOp:
+  match = _OP_PATTERN.fullmatch(text)
+  if match is None:
+    raise ValueError(
+      f"augmentation spec: cannot parse {text.strip()!r}; expected name or name(args), "
+      f"e.g. 'flip(p=0.5)'; known ops: {_known_ops()}")
+  name, arg_text = match.groups()
+  if name not in AUGMENTATIONS and name not in _ALIASES:
+    raise ValueError(f"unknown augmentation op {name!r}; known ops: {_known_ops()}")
+  try:
+    call = ast.parse(f"_({arg_text or ''})", mode="eval").body
+  except SyntaxError:
+    call = None
+  if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+    raise ValueError(
+      f"augmentation op {name!r}: cannot parse the arguments ({arg_text}); expected "
+      f"Python literals, e.g. {name}(0.5, scale=(0.08, 1.0)); known ops: {_known_ops()}")
+
+  def literal(node, what):
+    # literal_eval accepts numbers, tuples, lists, strings, True/False/None: never code.
+    try:
+      value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+      raise ValueError(
+        f"augmentation op {name!r}: argument {what}: expected a literal (number, tuple, "
+        f"True/False/None), got {ast.unparse(node)!r}; known ops: {_known_ops()}") from None
+    return tuple(value) if isinstance(value, list) else value
+
+  args = []
+  for i, node in enumerate(call.args):
+    if isinstance(node, ast.Starred):
+      raise ValueError(f"augmentation op {name!r}: *args are not allowed")
+    args.append(literal(node, f"#{i + 1}"))
+  kwargs = {}
+  for kw in call.keywords:
+    if kw.arg is None:
+      raise ValueError(f"augmentation op {name!r}: **kwargs are not allowed")
+    kwargs[kw.arg] = literal(kw.value, kw.arg)
+  return make_op(name, *args, **kwargs)
+
+
+class Pipeline:
+  """A sequence of `AugmentOp`, applied to one image with one key.
+
+  ``pipeline(key, image)`` converts uint8 to [0, 1] (floating input is assumed in [0, 1])
+  and runs the ops in order. All randomness is one ``jax.random.uniform(key, ...)`` draw
+  (on CPU each separate jax.random call costs about a second of compile time) of which
+  each op gets its slice. With ``return_params=True`` it also returns a dict: one entry per
+  op (its name, ``name_1``, ``name_2`` ... for repeats) holding that op's params.
+  ``pipeline.apply(image, params)`` replays them deterministically. Shapes are static.
+  """
+
+  def __init__(self, ops: Sequence[AugmentOp]):
+    self.ops = tuple(ops)
+    for op in self.ops:
+      if not isinstance(op, AugmentOp):
+        raise ValueError(f"ops: expected AugmentOp instances, got {op!r}")
+    names, counts = [], {}
+    for op in self.ops:
+      n = counts.get(op.name, 0)
+      counts[op.name] = n + 1
+      names.append(op.name if n == 0 else f"{op.name}_{n}")
+    self.param_names = tuple(names)
+    self.n_uniforms = sum(op.n_uniforms for op in self.ops)
+
+  @property
+  def spec(self) -> str:
+    return "|".join(op.spec() for op in self.ops)
+
+  def __repr__(self):
+    return f"Pipeline({self.spec!r})"
+
+  def out_hw(self, hw):
+    """Output (height, width) for input (height, width) ``hw``."""
+    for op in self.ops:
+      hw = op.out_hw(tuple(hw))
+    return tuple(hw)
+
+  def __call__(self, key, image, *, return_params: bool = False):
+    """image [H, W, C] (uint8 or float in [0, 1]) -> float32 [h, w, C] (and params)."""
+    u = _uniforms(key, self.n_uniforms) if self.n_uniforms else None
+    return self.from_uniforms(u, image, return_params=return_params)
+
+  def from_uniforms(self, u, image, *, return_params: bool = False):
+    """As ``__call__`` with the uniforms drawn by the caller: ``u`` [n_uniforms] in [0, 1)."""
+    _check_image(image)
+    if self.n_uniforms and (u is None or u.shape != (self.n_uniforms,)):
+      raise ValueError(f"u: expected shape ({self.n_uniforms},), got "
+                       f"{None if u is None else u.shape}")
+    x = _to_float(image)
+    params, start = {}, 0
+    for name, op in zip(self.param_names, self.ops):
+      x, params[name] = op.random(u[start:start + op.n_uniforms] if op.n_uniforms else u, x)
+      start += op.n_uniforms
+    return (x, params) if return_params else x
+
+  def apply(self, image, params):
+    """Replays ``params`` (as returned by ``__call__``) on one image, deterministically."""
+    _check_image(image)
+    if not isinstance(params, Mapping) or set(params) != set(self.param_names):
+      got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+      raise ValueError(f"params: expected a dict with keys {list(self.param_names)}, got {got}")
+    x = _to_float(image)
+    for name, op in zip(self.param_names, self.ops):
+      x = op.apply(x, params[name])
+    return x
+
+
+def parse_pipeline(spec: str) -> Pipeline:
+  """Parses ``"op(args)|op(args)|..."`` into a `Pipeline`.
+
+  Each element is a registered op name (see `AUGMENTATIONS`) with optional arguments,
+  positional and keyword, as Python literals (read with ``ast.literal_eval``, never
+  evaluated), e.g.::
+
+    "random_resized_crop(224, scale=(0.08, 1))|flip|color_jitter(0.4, 0.4, 0.2, 0.1, p=0.8)"
+    "|grayscale(p=0.2)|blur(p=1.0)|solarize(p=0.0)"
+
+  An empty or blank spec is the empty pipeline (only the uint8 -> [0, 1] conversion).
+  """
+  if not isinstance(spec, str):
+    raise ValueError(f"spec: expected a string, got {type(spec).__name__}")
+  if not spec.strip():
+    return Pipeline([])
+  return Pipeline([_parse_op(part) for part in spec.split("|")])
+
+
+# ----------------------------------------------------------------------------------
+# Pipelines from configs.
 
 
 def _resolve_config(config: Mapping[str, Any] | None) -> dict:
@@ -553,8 +1059,8 @@ def _resolve_config(config: Mapping[str, Any] | None) -> dict:
     config = config.to_dict()
   elif not isinstance(config, Mapping):
     raise ValueError(
-      f"config: expected a mapping (dict or ml_collections.ConfigDict), "
-      f"got {type(config).__name__}"
+      f"config: expected a pipeline spec string, a mapping (dict or "
+      f"ml_collections.ConfigDict) or a Pipeline, got {type(config).__name__}"
     )
   unknown = sorted(set(config) - set(DEFAULT_VIEW))
   if unknown:
@@ -578,76 +1084,74 @@ def _resolve_config(config: Mapping[str, Any] | None) -> dict:
   return cfg
 
 
-_N_VIEW = _N_CROP + _N_FLIP + _N_JITTER + _N_GRAY + _N_BLUR + _N_SOLARIZE
+def make_pipeline(config=None) -> Pipeline:
+  """A `Pipeline` from a spec string (`parse_pipeline`), a dict / ConfigDict with keys of
+  `DEFAULT_VIEW` (missing keys take those defaults), None (= `DEFAULT_VIEW`), or a Pipeline.
+
+  The dict form is random_resized_crop -> flip -> color_jitter (random order) -> grayscale
+  -> blur (sigma in (0.1, 2), kernel ~10% of the side) -> solarize (threshold 0.5).
+  """
+  if isinstance(config, Pipeline):
+    return config
+  if isinstance(config, str):
+    return parse_pipeline(config)
+  cfg = _resolve_config(config)
+  return Pipeline([
+    RandomResizedCrop(cfg["crop_size"], cfg["crop_scale"], cfg["crop_ratio"]),
+    Flip(cfg["flip_prob"]),
+    ColorJitter(cfg["brightness"], cfg["contrast"], cfg["saturation"], cfg["hue"],
+                p=cfg["jitter_prob"]),
+    Grayscale(cfg["grayscale_prob"]),
+    Blur(cfg["blur_prob"]),
+    Solarize(cfg["solarize_prob"]),
+  ])
 
 
-def _augment_view(key, image, cfg: dict):
-  image = _to_float(image)
-  size = cfg["crop_size"]
-  out_hw = (image.shape[0], image.shape[1]) if size is None else (size, size)
-  u = _uniforms(key, _N_VIEW)  # one draw for the whole pipeline (see _uniforms)
-  parts = []
-  start = 0
-  for n in (_N_CROP, _N_FLIP, _N_JITTER, _N_GRAY, _N_BLUR, _N_SOLARIZE):
-    parts.append(u[start:start + n])
-    start += n
-  u_crop, u_flip, u_jitter, u_gray, u_blur, u_sol = parts
-  x = _random_resized_crop(u_crop, image, out_hw, cfg["crop_scale"], cfg["crop_ratio"])
-  x = _random_flip(u_flip, x, cfg["flip_prob"])
-  x = _color_jitter(
-    u_jitter, x, cfg["brightness"], cfg["contrast"], cfg["saturation"], cfg["hue"],
-    cfg["jitter_prob"], True)
-  x = _random_grayscale(u_gray, x, cfg["grayscale_prob"])
-  kernel_size = default_blur_kernel_size(out_hw[0], out_hw[1])
-  x = _gaussian_blur(u_blur, x, cfg["blur_prob"], (0.1, 2.0), kernel_size)
-  x = _solarize(u_sol, x, cfg["solarize_prob"], 0.5)
-  return x
-
-
-def augment_view(key, image, config: Mapping[str, Any] | None = None):
+def augment_view(key, image, config=None, *, return_params: bool = False):
   """One augmented view of one image.
 
-  uint8 input is scaled to [0, 1]; floating input is assumed to be in [0, 1]. Then
-  random resized crop -> horizontal flip -> colour jitter (random order) -> grayscale
-  -> Gaussian blur (sigma in (0.1, 2), kernel ~10% of the output side) -> solarize
-  (threshold 0.5), with settings from ``config`` (keys of `DEFAULT_VIEW`; missing keys
-  take those defaults, unknown keys raise ValueError). All randomness comes from one
-  ``jax.random.uniform(key, ...)`` draw.
+  ``config``: a pipeline spec string, a dict / ConfigDict of `DEFAULT_VIEW` keys, or a
+  `Pipeline` (see `make_pipeline`). uint8 input is scaled to [0, 1]; floating input is
+  assumed to be in [0, 1]. All randomness comes from one ``jax.random.uniform(key, ...)``
+  draw.
 
-  Returns float32 [crop_size, crop_size, C] (or [H, W, C] when crop_size is None).
+  Returns float32 [h, w, C] (h, w from the crop size; the input's when it is None), and with
+  ``return_params`` also the params dict (see `Pipeline`).
   """
   _check_image(image)
-  return _augment_view(key, image, _resolve_config(config))
+  return make_pipeline(config)(key, image, return_params=return_params)
 
 
-def augment_batch(key, images, config: Mapping[str, Any] | None = None):
+def augment_batch(key, images, config=None, *, return_params: bool = False):
   """`augment_view` on every image of ``images`` [B, H, W, C] with keys
-  ``jax.random.split(key, B)``.
+  ``jax.random.split(key, B)``; params (if returned) get a leading [B] axis.
 
   The per-example keys come from the one key, never from device ids, so under jit with
   ``images`` sharded along a mesh axis the result equals the unsharded one.
   """
   _check_batch(images)
-  cfg = _resolve_config(config)
+  pipeline = make_pipeline(config)
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(lambda k, x: _augment_view(k, x, cfg))(keys, images)
+  return jax.vmap(lambda k, x: pipeline(k, x, return_params=return_params))(keys, images)
 
 
-def augment_views(key, images, configs: Sequence[Mapping[str, Any]]):
+def augment_views(key, images, configs, *, return_params: bool = False):
   """One batch of views per config; view i uses ``jax.random.fold_in(key, i)``.
 
-  SimCLR: ``[DEFAULT_VIEW, DEFAULT_VIEW]``; BYOL: ``BYOL_VIEWS``. Inside the train step::
+  Each config is anything `make_pipeline` takes. SimCLR: ``[DEFAULT_VIEW, DEFAULT_VIEW]``;
+  BYOL: ``BYOL_VIEWS``. Inside the train step::
 
     rng = jax.random.fold_in(base_rng, step)
     view1, view2 = augment_views(rng, images_uint8, [DEFAULT_VIEW, DEFAULT_VIEW])
   """
   _check_batch(images)
-  if isinstance(configs, Mapping) or hasattr(configs, "to_dict"):
+  if isinstance(configs, (str, Pipeline, Mapping)) or hasattr(configs, "to_dict"):
     raise ValueError(
-      "configs: expected a sequence of view configs (one mapping per view), got a single "
-      "mapping; wrap it in a list"
+      "configs: expected a sequence of view configs (one per view), got a single "
+      f"{type(configs).__name__}; wrap it in a list"
     )
   configs = list(configs)
   if not configs:
     raise ValueError("configs: expected at least one view config, got an empty sequence")
-  return [augment_batch(jax.random.fold_in(key, i), images, c) for i, c in enumerate(configs)]
+  return [augment_batch(jax.random.fold_in(key, i), images, c, return_params=return_params)
+          for i, c in enumerate(configs)]

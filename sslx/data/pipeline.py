@@ -87,17 +87,6 @@ def _shuffle_seed(seed: int) -> int:
   return int(np.random.SeedSequence(int(seed)).generate_state(1, dtype=np.uint32)[0])
 
 
-class _TrainRow:
-  """source example -> {"image": uint8 [H, W, C], "label": int32, "mask": True}."""
-
-  def __call__(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    return {
-      "image": np.asarray(example["image"], dtype=np.uint8),
-      "label": np.asarray(example["label"], dtype=np.int32),
-      "mask": np.asarray(True),
-    }
-
-
 def read_examples(source: Any, indices) -> list:
   """The examples at `indices`, read in one call where the source supports it (tfds array_record
   sources read a batch ~5x faster through `__getitems__` than one record at a time)."""
@@ -105,6 +94,22 @@ def read_examples(source: Any, indices) -> list:
   if hasattr(source, "__getitems__"):
     return list(source.__getitems__(indices))
   return [source[i] for i in indices]
+
+
+class _TrainBatch:
+  """example indices [L] -> {"image": uint8 [L, H, W, C], "label": int32 [L], "mask": all True},
+  the examples read together (``read_examples``)."""
+
+  def __init__(self, source: Any):
+    self._source = source
+
+  def __call__(self, indices) -> dict[str, np.ndarray]:
+    examples = read_examples(self._source, indices)
+    return {
+      "image": np.stack([np.asarray(e["image"], dtype=np.uint8) for e in examples]),
+      "label": np.asarray([e["label"] for e in examples], dtype=np.int32),
+      "mask": np.ones((len(examples),), dtype=bool),
+    }
 
 
 class _EvalBatch:
@@ -147,13 +152,14 @@ def train_iterator(source: Any, *, global_batch_size: int, seed: int,
   if worker_count < 0:
     raise ValueError(f"worker_count must be >= 0, got {worker_count}")
   ds = (
-    grain.MapDataset.source(source)
+    grain.MapDataset.range(len(source))
     .shuffle(seed=_shuffle_seed(seed))  # epoch e of the index space uses its own permutation
     .repeat()  # infinite: position g -> epoch g // N
-    .map(_TrainRow())
-    .batch(local, drop_remainder=True)  # block k = positions [k*L, (k+1)*L)
+    .batch(local, drop_remainder=True)  # block k = the example indices of positions [kL, (k+1)L)
   )
-  ds = ds[process_index::process_count]  # this process's block of each global batch
+  # This process's block of each global batch, and only then read: a batch of indices is read in
+  # one call (tfds array_record sources read ~5x faster that way than record by record).
+  ds = ds[process_index::process_count].map(_TrainBatch(source))
   it_ds = ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():

