@@ -355,6 +355,19 @@ def vit(variant: str | None = None, *, image_size=224, in_channels: int = 3,
                            **kwargs)
 
 
+def _init_mask_token_transformer(module, encoder_width, grid_size, width, depth, num_heads,
+                                 mlp_ratio, init, mask_token_init, keys):
+  """The parts the MAE decoder and the I-JEPA predictor share: encoder tokens embedded to a
+  narrower width, a learned mask token for the positions to predict, and pre-norm blocks."""
+  module.grid_size = _pair(grid_size)
+  module.num_patches = module.grid_size[0] * module.grid_size[1]
+  module.width = width
+  module.embed = Dense(encoder_width, width, "embed", "embed", init, keys)
+  module.mask_token = _param(mask_token_init, keys, (width,), ("embed",))
+  module.blocks = _blocks(width, depth, num_heads, mlp_ratio, 0.0, None, init, keys)
+  module.norm = LayerNorm(width, keys)
+
+
 class MAEDecoder(nnx.Module):
   """The masked autoencoder's decoder (He et al. 2022, facebookresearch/mae models_mae.py).
 
@@ -374,13 +387,8 @@ class MAEDecoder(nnx.Module):
                rngs: nnx.Rngs):
     _check_width("MAEDecoder", width, num_heads)
     keys = _Keys(rngs)
-    self.grid_size = _pair(grid_size)
-    self.num_patches = self.grid_size[0] * self.grid_size[1]
-    self.width = width
-    self.embed = Dense(encoder_width, width, "embed", "embed", "xavier", keys)
-    self.mask_token = _param(_TOKEN_INIT, keys, (width,), ("embed",))
-    self.blocks = _blocks(width, depth, num_heads, mlp_ratio, 0.0, None, "xavier", keys)
-    self.norm = LayerNorm(width, keys)
+    _init_mask_token_transformer(self, encoder_width, grid_size, width, depth, num_heads,
+                                 mlp_ratio, "xavier", _TOKEN_INIT, keys)
     self.pred = Dense(width, patch_size * patch_size * in_channels, "embed", "patch", "xavier",
                       keys)
 
@@ -419,13 +427,8 @@ class IJEPAPredictor(nnx.Module):
                num_heads: int = 16, mlp_ratio: float = 4.0, rngs: nnx.Rngs):
     _check_width("IJEPAPredictor", width, num_heads)
     keys = _Keys(rngs)
-    self.grid_size = _pair(grid_size)
-    self.num_patches = self.grid_size[0] * self.grid_size[1]
-    self.width = width
-    self.embed = Dense(encoder_width, width, "embed", "embed", "trunc_normal", keys)
-    self.mask_token = _param(_kernel_init("trunc_normal"), keys, (width,), ("embed",))
-    self.blocks = _blocks(width, depth, num_heads, mlp_ratio, 0.0, None, "trunc_normal", keys)
-    self.norm = LayerNorm(width, keys)
+    _init_mask_token_transformer(self, encoder_width, grid_size, width, depth, num_heads,
+                                 mlp_ratio, "trunc_normal", _kernel_init("trunc_normal"), keys)
     self.proj = Dense(width, encoder_width, "embed", "embed", "trunc_normal", keys)
 
   def __call__(self, context, context_indices, target_indices):
