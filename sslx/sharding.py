@@ -166,6 +166,21 @@ def get_rules(rules: Any) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
   return tuple(out)
 
 
+def check_rules_fit_mesh(rules: Any, mesh: Mesh) -> None:
+  """ValueError when the rules name mesh axes the mesh lacks, or the mesh has a "model" axis
+  the rules never use: either would silently replicate (the second also repeats every
+  computation on each device of that axis). The train loop calls this; library callers may
+  share one rule set across meshes through `logical_to_mesh`, which skips missing axes."""
+  used = {a for _, axes in get_rules(rules) if axes for a in axes}
+  missing = sorted(used - set(mesh.axis_names))
+  if missing:
+    raise ValueError(f"mesh.rules shard over mesh axes {missing}, but mesh.axes is "
+                     f"{tuple(mesh.axis_names)}; add them to mesh.axes and mesh.shape")
+  if MODEL_AXIS in mesh.axis_names and MODEL_AXIS not in used:
+    raise ValueError(f"the mesh has a {MODEL_AXIS!r} axis but mesh.rules shard nothing over it; "
+                     "use mesh.rules=tensor or fsdp_tensor, or drop the axis")
+
+
 def logical_to_mesh(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
                     rules: Any, *, strict: bool = False, where: str = "parameter") -> P:
   """The PartitionSpec of an array of `shape` whose dimensions carry logical `names`.

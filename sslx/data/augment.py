@@ -404,7 +404,7 @@ def _jitter_draw(u, active, random_order: bool):
   """Factors [4] (neutral for inactive adjustments) and the order [4] (a permutation of the
   codes: order[i] is the adjustment applied i-th; inactive ones are listed last)."""
   factors = [jnp.float32(f) for f in _NEUTRAL_FACTORS]
-  keys = [jnp.float32(2.0 + code) for code in range(4)]  # > any uniform: inactive go last
+  keys = [jnp.float32(4.0 + code) for code in range(4)]  # > any active key: inactive go last
   for i, (code, lo, hi) in enumerate(active):
     factors[code] = lo + (hi - lo) * u[1 + code]
     keys[code] = u[5 + i] if random_order else jnp.float32(code)
@@ -640,7 +640,7 @@ def random_rotate(key, image, *, degrees, prob: float = 1.0):
   keeps the input's shape.
   """
   _check_image(image)
-  op = Rotate(degrees, p=prob)
+  op = Rotate(degrees, p=_check_prob("prob", prob))
   return op.random(_uniforms(key, op.n_uniforms), image)[0]
 
 

@@ -380,6 +380,10 @@ def block_mask_batch(
   """``block_mask`` for ``batch_size`` examples, one key each. ``num_masking_patches`` is a
   scalar or one value per example ``[B]``; ``kwargs`` go to ``block_mask``. Returns
   ``[B, H, W]`` bool."""
+  known = {"min_num_patches", "max_num_patches", "min_aspect", "max_aspect", "max_attempts"}
+  if set(kwargs) - known:
+    raise ValueError(f"block_mask_batch: unknown keyword arguments {sorted(set(kwargs) - known)};"
+                     f" expected some of {sorted(known)}")
   batch_size = _check_batch_size(batch_size)
   height, width, max_aspect, max_attempts = _check_block_args(
       grid_size, kwargs.get("min_num_patches", BEIT_MIN_NUM_PATCHES),

@@ -40,6 +40,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sslx.data.pipeline import read_examples
+
 __all__ = [
     "DATASETS",
     "DatasetInfo",
@@ -416,15 +418,17 @@ def digits_to_uint8(images: np.ndarray) -> np.ndarray:
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
                      ) -> tuple[np.ndarray, np.ndarray]:
   """(train indices, test indices), both sorted: from each class, round(n_c * test_fraction) of
-  its examples, drawn with ``np.random.default_rng(seed)``, go to the test split."""
+  its examples, drawn with ``np.random.default_rng(seed)``, go to the test split, but never all
+  of a class, so every class is still in the train split. Used for the digits split and the
+  linear probe's hold-out."""
   if not 0.0 < test_fraction < 1.0:
     raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
   labels = np.asarray(labels)
   rng = np.random.default_rng(seed)
   test = []
   for c in np.unique(labels):
-    members = np.flatnonzero(labels == c)
-    test.append(rng.permutation(members)[:int(round(len(members) * test_fraction))])
+    members = rng.permutation(np.flatnonzero(labels == c))
+    test.append(members[:min(int(round(len(members) * test_fraction)), len(members) - 1)])
   test = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
   train = np.setdiff1d(np.arange(len(labels)), test)
   return train, test
@@ -642,11 +646,7 @@ class ResizedSource:
     return self._fix(self.source[index])
 
   def __getitems__(self, indices):
-    if hasattr(self.source, "__getitems__"):
-      examples = self.source.__getitems__(indices)
-    else:
-      examples = [self.source[i] for i in indices]
-    return [self._fix(e) for e in examples]
+    return [self._fix(e) for e in read_examples(self.source, indices)]
 
   def __repr__(self) -> str:
     return f"ResizedSource({self.source!r}, {self.height}, {self.width})"

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sslx.data.sources import stratified_split
 from sslx.evaluate.knn import _check_features, _check_labels, _check_num_classes
 
 try:  # optax >= 0.2.5
@@ -175,22 +176,6 @@ def fit_logistic_regression(
 
 def _accuracy(params, x, y: np.ndarray) -> float:
   return float(np.mean(np.asarray(_predict(params, x)) == y))
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int):
-  """Seeded split of indices into (fit, holdout), with ~``fraction`` of every class held out.
-
-  ``round(fraction * n_c)`` examples of each class ``c`` go to the holdout, but never all of a
-  class, so every class present in ``labels`` is still seen when fitting.
-  """
-  rng = np.random.default_rng(seed)
-  fit_idx, hold_idx = [], []
-  for c in np.unique(labels):
-    idx = rng.permutation(np.flatnonzero(labels == c))
-    n_hold = min(int(round(fraction * idx.size)), idx.size - 1)
-    hold_idx.append(idx[:n_hold])
-    fit_idx.append(idx[n_hold:])
-  return np.sort(np.concatenate(fit_idx)), np.sort(np.concatenate(hold_idx))
 
 
 def linear_probe(

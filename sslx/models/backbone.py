@@ -7,7 +7,7 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
-from sslx.models.resnet import STEMS, resnet
+from sslx.models.resnet import resnet
 from sslx.models.vit import vit
 
 BACKBONES = ("resnet", "vit")
@@ -63,8 +63,6 @@ class Backbone(nnx.Module):
     self.kind = name
     if name == "resnet":
       r = config.resnet
-      if r.stem not in STEMS:
-        raise ValueError(f"model.resnet.stem must be one of {STEMS}, got {r.stem!r}")
       self.net = resnet(channels, depth=r.depth or None, stage_sizes=r.stage_sizes,
                         block=r.block, width=r.width, stem=r.stem,
                         zero_init_residual=r.zero_init_residual,

@@ -253,8 +253,9 @@ def resnet(in_channels: int, *, depth: int | None = None, stage_sizes=None, bloc
            se_ratio: float = 0.0, stochastic_depth: float = 0.0, rngs: nnx.Rngs) -> ResNet:
   """A ResNet by published depth (18, 34, 50, ...) or by explicit stage sizes and block type.
 
-  The ResNet-RS architecture of Bello et al. 2021 (Sec. 4.1) is ``stem="resnet_d",
-  resnet_d_shortcut=True, se_ratio=0.25`` plus a stochastic_depth rate chosen per model size.
+  ``stem="resnet_d", resnet_d_shortcut=True, se_ratio=0.25`` plus a stochastic_depth rate chosen
+  per model size gives the ResNet-RS blocks of Bello et al. 2021 (Sec. 4.1); ResNet-RS also
+  replaces the stem's max-pool with a strided 3x3 conv, which is not implemented here.
   """
   if depth is not None:
     if depth not in STAGE_SIZES:
@@ -269,7 +270,7 @@ def resnet(in_channels: int, *, depth: int | None = None, stage_sizes=None, bloc
 
 
 def per_device_batch_norm(forward: Callable, *, mesh: jax.sharding.Mesh,
-                          axis_name: str = "data") -> Callable:
+                          axis_name: str | tuple[str, ...] | None = None) -> Callable:
   """Runs ``forward`` with BatchNorm statistics computed per device (MoCo's shuffle-BN setting).
 
   ``forward(params, batch_stats, x, *args) -> (y, new_batch_stats)`` is a pure function that
@@ -290,8 +291,9 @@ def per_device_batch_norm(forward: Callable, *, mesh: jax.sharding.Mesh,
 
   Args:
     forward: the pure forward function described above.
-    mesh: mesh whose ``axis_name`` axis splits the batch.
-    axis_name: the batch axis of ``mesh``.
+    mesh: mesh whose ``axis_name`` axes split the batch.
+    axis_name: the batch axis (or axes) of ``mesh``; None: the axes the trainer splits the batch
+      over (``sslx.sharding.batch_axes``: "data", and "fsdp" when the mesh has it).
 
   Returns:
     ``fn(params, batch_stats, x, *args) -> (y, new_batch_stats)`` with ``x`` [B, ...] and ``y``
@@ -307,8 +309,13 @@ def per_device_batch_norm(forward: Callable, *, mesh: jax.sharding.Mesh,
     ...   return m(x, train=True), nnx.state(m, nnx.BatchStat)
     >>> y, stats = jax.jit(per_device_batch_norm(forward, mesh=mesh))(params, stats, x)
   """
-  if axis_name not in mesh.axis_names:
-    raise ValueError(f"axis_name must be an axis of mesh {mesh.axis_names}, got {axis_name!r}")
+  if axis_name is None:
+    from sslx.sharding import batch_axes  # local: sslx.sharding imports flax's nnx only
+    axis_name = batch_axes(mesh)
+  axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  if not axes or any(a not in mesh.axis_names for a in axes):
+    raise ValueError(f"axis_name must name axes of mesh {mesh.axis_names}, got {axis_name!r}")
+  axis_name = axes[0] if len(axes) == 1 else axes
 
   def local(params, batch_stats, x, *args):
     y, new_stats = forward(params, batch_stats, x, *args)

@@ -52,6 +52,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   _check_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.get_rules(config.mesh)  # a bad preset or rule fails here, before any compute
+  sharding.check_rules_fit_mesh(rules, mesh)
   sharding.check_batch_divisible(config.batch_size, mesh)
   for field in ("total_steps", "log_every", "checkpoint_every"):
     if config[field] < 1:

@@ -34,10 +34,20 @@ def make_schedule(config, global_batch_size: int, total_steps: int) -> optax.Sch
       decay_steps=max(total_steps, warmup + 1), end_value=peak * config.end_lr_fraction)
 
 
+# Parameters with more than one dimension that are not weights: the ViT's per-head qkv bias
+# [3, heads, head_dim], its class / register / mask tokens and learned position embedding,
+# which MAE, DINO and timm leave out of weight decay.
+NO_DECAY_NAMES = ("qkv_bias", "cls_token", "registers", "mask_token", "pos_embed")
+
+
 def decay_mask(params):
-  """True for weight matrices and conv kernels (ndim > 1); biases and norm scales are excluded,
-  as in SimCLR / BYOL (decaying BN scales fights the normalisation)."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True for weight matrices and conv kernels (ndim > 1, not in NO_DECAY_NAMES); biases, norm
+  scales and tokens are excluded, as in SimCLR / BYOL (decaying BN scales fights the
+  normalisation) and the ViT methods."""
+  def decays(path, p):
+    name = getattr(path[-1], "key", None) if path else None
+    return p.ndim > 1 and name not in NO_DECAY_NAMES
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(config, global_batch_size: int, total_steps: int

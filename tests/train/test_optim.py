@@ -43,7 +43,10 @@ def test_learning_rate_scaling(scaling, expected):
 def _params():
   return {"conv": {"kernel": jnp.ones((3, 3, 1, 4))}, "bn": {"scale": jnp.ones(4),
                                                             "bias": jnp.ones(4)},
-          "dense": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)}}
+          "dense": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)},
+          # ViT parameters of rank > 1 that are not weights
+          "attn": {"qkv_bias": jnp.ones((3, 2, 2))}, "cls_token": jnp.ones((1, 1, 4)),
+          "pos_embed": jnp.ones((5, 4))}
 
 
 @pytest.mark.parametrize("name", optim.OPTIMIZERS)
@@ -57,8 +60,23 @@ def test_weight_decay_skips_biases_and_norm_parameters(name):
   new = optax.apply_updates(params, updates)
   assert float(new["conv"]["kernel"].max()) < 1.0
   assert float(new["dense"]["kernel"].max()) < 1.0
-  for leaf in (new["bn"]["scale"], new["bn"]["bias"], new["dense"]["bias"]):
+  for leaf in (new["bn"]["scale"], new["bn"]["bias"], new["dense"]["bias"],
+               new["attn"]["qkv_bias"], new["cls_token"], new["pos_embed"]):
     np.testing.assert_array_equal(leaf, 1.0)
+
+
+def test_decay_mask_on_a_vit_decays_exactly_the_weight_matrices():
+  from flax import nnx
+
+  from sslx.models import vit
+  model = nnx.eval_shape(lambda: vit(patch_size=4, width=8, depth=1, num_heads=2, image_size=8,
+                                     pos_embed="learned", num_registers=1, rngs=nnx.Rngs(0)))
+  mask = optim.decay_mask(nnx.state(model, nnx.Param).to_pure_dict())
+  decayed = {jax.tree_util.keystr(path) for path, m in
+             jax.tree_util.tree_leaves_with_path(mask) if m}
+  assert decayed == {"['patch_embed']['kernel']", "['blocks'][0]['attn']['qkv_kernel']",
+                     "['blocks'][0]['attn']['out_kernel']", "['blocks'][0]['fc1']['kernel']",
+                     "['blocks'][0]['fc2']['kernel']"}
 
 
 def test_gradient_clipping():

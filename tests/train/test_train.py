@@ -218,6 +218,8 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_d
     ({"checkpoint_every": -1}, "checkpoint_every must be >= 1"),
     ({"eval.batch_size": 100}, "eval.batch_size=100 must be divisible by the 8 devices"),
     ({"mesh.rules": "zero3"}, "mesh.rules must be one of"),
+    ({"mesh.rules": "fsdp"}, r"mesh axes \['fsdp'\], but mesh.axes is \('data',\)"),
+    ({"mesh.axes": ("data", "model"), "mesh.shape": (4, 2)}, "shard nothing over it"),
     ({"model.name": "convnext"}, "model.name must be one of"),
 ])
 def test_bad_config_values_fail_before_training(fashion_mnist_dir, tmp_path, overrides, match):
