@@ -187,6 +187,12 @@ def _uniforms(key, n: int):
   return jax.random.uniform(key, (n,), dtype=jnp.float32)
 
 
+def _random_op(key, image, op):
+  """The single-image functions below: `op` (an AugmentOp, defined further down) applied with
+  its own draw of uniforms from ``key``."""
+  return op.random(_uniforms(key, op.n_uniforms), image)[0]
+
+
 # ----------------------------------------------------------------------------------
 # Random resized crop.
 
@@ -266,11 +272,6 @@ def _resize_box(image, box, out_h: int, out_w: int):
   return jnp.clip(out, 0.0, 1.0)
 
 
-def _random_resized_crop(u, image, out_hw, scale, ratio):
-  box = _crop_box(u, image.shape[0], image.shape[1], scale, ratio)
-  return _resize_box(image, box, *out_hw)
-
-
 def random_resized_crop(key, image, *, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
   """Crops a random box (see `sample_crop_box`) and resizes it bilinearly.
 
@@ -286,25 +287,18 @@ def random_resized_crop(key, image, *, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0
     shrinking (weights as ``jax.image.scale_and_translate`` with ``method="linear"``).
   """
   _check_image(image)
-  out_hw = _check_size("size", size)
-  scale = _check_range("scale", scale, 0.0, 1.0)
-  ratio = _check_range("ratio", ratio, 0.0)
-  return _random_resized_crop(_uniforms(key, _N_CROP), image, out_hw, scale, ratio)
+  return _random_op(key, image, RandomResizedCrop(size=_check_size("size", size), scale=scale,
+                                                  ratio=ratio))
 
 
 # ----------------------------------------------------------------------------------
 # Flip.
 
 
-def _random_flip(u, image, prob):
-  return _maybe_apply(u[0], prob, image, lambda x: x[:, ::-1])
-
-
 def random_flip(key, image, *, prob: float = 0.5):
   """Flips the image horizontally (``image[:, ::-1]``) with probability ``prob``."""
   _check_image(image)
-  prob = _check_prob("prob", prob)
-  return _random_flip(_uniforms(key, _N_FLIP), image, prob)
+  return _random_op(key, image, Flip(p=_check_prob("prob", prob)))
 
 
 # ----------------------------------------------------------------------------------
@@ -443,16 +437,6 @@ def _jitter_apply(image, codes, factors, order, random_order: bool):
   return x
 
 
-def _color_jitter(u, image, brightness, contrast, saturation, hue, prob, random_order):
-  active = _jitter_active(image.shape[-1], brightness, contrast, saturation, hue)
-  if not active or prob <= 0:
-    return image
-  factors, order = _jitter_draw(u, active, random_order)
-  codes = [code for code, _, _ in active]
-  return _maybe_apply(
-    u[0], prob, image, lambda x: _jitter_apply(x, codes, factors, order, random_order))
-
-
 def color_jitter(
   key,
   image,
@@ -477,28 +461,16 @@ def color_jitter(
   brightness, contrast, saturation, hue.
   """
   _check_image(image)
-  prob = _check_prob("prob", prob)
-  brightness = _check_nonneg("brightness", brightness)
-  contrast = _check_nonneg("contrast", contrast)
-  saturation = _check_nonneg("saturation", saturation)
-  hue = _check_nonneg("hue", hue, upper=0.5)
-  return _color_jitter(
-    _uniforms(key, _N_JITTER), image, brightness, contrast, saturation, hue, prob,
-    bool(random_order))
-
-
-def _random_grayscale(u, image, prob):
-  if image.shape[-1] == 1:
-    return image
-  return _maybe_apply(u[0], prob, image, lambda x: jnp.broadcast_to(_gray(x), x.shape))
+  return _random_op(key, image, ColorJitter(brightness, contrast, saturation, hue,
+                                            p=_check_prob("prob", prob),
+                                            random_order=bool(random_order)))
 
 
 def random_grayscale(key, image, *, prob: float):
   """With probability ``prob``, replaces an RGB image by its luma (0.299 R + 0.587 G +
   0.114 B) replicated to 3 channels. Identity for C == 1."""
   _check_image(image)
-  prob = _check_prob("prob", prob)
-  return _random_grayscale(_uniforms(key, _N_GRAY), image, prob)
+  return _random_op(key, image, Grayscale(p=_check_prob("prob", prob)))
 
 
 # ----------------------------------------------------------------------------------
@@ -522,14 +494,6 @@ def _blur_axis(image, weights, axis: int, mode: str):
   for i in range(1, k):  # k is small and static: shifted sums beat conv on CPU.
     out = out + weights[i] * jax.lax.slice_in_dim(padded, i, i + n, axis=axis)
   return out
-
-
-def _gaussian_blur(u, image, prob, sigma, kernel_size):
-  if kernel_size == 1:
-    return image
-  s_lo, s_hi = sigma
-  s = s_lo + (s_hi - s_lo) * u[1]
-  return _maybe_apply(u[0], prob, image, lambda x: _blur_sigma(x, s, kernel_size))
 
 
 def _blur_sigma(image, sigma, kernel_size: int):
@@ -564,22 +528,14 @@ def gaussian_blur(key, image, *, prob: float, sigma=(0.1, 2.0), kernel_size=None
   constant image stays constant.
   """
   _check_image(image)
-  prob = _check_prob("prob", prob)
-  sigma = _check_range("sigma", sigma, 0.0)
-  kernel_size = _check_kernel_size(kernel_size, image.shape[0], image.shape[1])
-  return _gaussian_blur(_uniforms(key, _N_BLUR), image, prob, sigma, kernel_size)
-
-
-def _solarize(u, image, prob, threshold):
-  return _maybe_apply(u[0], prob, image, lambda x: jnp.where(x >= threshold, 1.0 - x, x))
+  return _random_op(key, image, Blur(p=_check_prob("prob", prob), sigma=sigma,
+                                     kernel_size=kernel_size))
 
 
 def solarize(key, image, *, prob: float, threshold: float = 0.5):
   """With probability ``prob``, pixels >= ``threshold`` become ``1 - pixel``."""
   _check_image(image)
-  prob = _check_prob("prob", prob)
-  threshold = _check_nonneg("threshold", threshold, upper=1.0)
-  return _solarize(_uniforms(key, _N_SOLARIZE), image, prob, threshold)
+  return _random_op(key, image, Solarize(p=_check_prob("prob", prob), threshold=threshold))
 
 
 # ----------------------------------------------------------------------------------
@@ -640,8 +596,7 @@ def random_rotate(key, image, *, degrees, prob: float = 1.0):
   keeps the input's shape.
   """
   _check_image(image)
-  op = Rotate(degrees, p=_check_prob("prob", prob))
-  return op.random(_uniforms(key, op.n_uniforms), image)[0]
+  return _random_op(key, image, Rotate(degrees, p=_check_prob("prob", prob)))
 
 
 # ----------------------------------------------------------------------------------

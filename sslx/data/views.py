@@ -42,8 +42,8 @@ DINO_MULTICROP = {
 _GROUP_KEYS = {"number", "size", "scale", "ratio", "pipeline"}
 
 
-def _group_pipelines(name: str, group) -> tuple[list, bool]:
-  """The `Pipeline` of each view of one group (crop first) and whether they are all equal."""
+def _group_pipelines(name: str, group) -> list:
+  """The `Pipeline` of each view of one group, the group's crop first."""
   if hasattr(group, "to_dict"):
     group = group.to_dict()
   if not isinstance(group, Mapping):
@@ -80,7 +80,7 @@ def _group_pipelines(name: str, group) -> tuple[list, bool]:
       raise ValueError(f"config[{name!r}].pipeline: must not contain random_resized_crop "
                        f"(the group's size, scale and ratio set the crop), got {spec!r}")
     pipelines.append(augment.Pipeline((crop,) + ops))
-  return pipelines, len({p.spec for p in pipelines}) == 1
+  return pipelines
 
 
 def multi_crop_pipelines(config=None) -> dict:
@@ -91,7 +91,7 @@ def multi_crop_pipelines(config=None) -> dict:
   if not isinstance(config, Mapping) or not config:
     raise ValueError("config: expected a non-empty mapping {group name: group config}, "
                      f"got {config!r}")
-  return {name: _group_pipelines(name, group)[0] for name, group in config.items()}
+  return {name: _group_pipelines(name, group) for name, group in config.items()}
 
 
 def multi_crop(key, images, config=None, *, return_params: bool = False):

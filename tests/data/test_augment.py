@@ -129,7 +129,7 @@ def test_random_order_jitter_equals_explicit_order():
   strengths = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.4)
   for seed in range(6):
     u = jax.random.uniform(jax.random.key(seed), (A._N_JITTER,))
-    got = A._color_jitter(u, img, *strengths.values(), 1.0, True)
+    got = A.ColorJitter(**strengths, p=1.0).random(u, img)[0]
     order = np.argsort(np.asarray(u[5:9]))
     factors = [1 - 0.8 + 1.6 * u[1 + i] for i in range(3)] + [-0.4 + 0.8 * u[4]]
     want = img
