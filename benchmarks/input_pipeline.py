@@ -17,10 +17,10 @@ repeat, batch, threads, optional grain worker processes) on three sources:
 Each loader is warmed up (first batches, worker start-up) before ``--batches`` batches are timed.
 Augmentation rows time ``sslx.data.augment.augment_views`` with two SimCLR views, jitted,
 ``block_until_ready``, compile and one warm-up call excluded: (a) the default run's settings
-(configs/simclr_fashion_mnist.py, batch 256, 28x28x1), (b) SimCLR's full ImageNet views
+(configs/simclr.py, batch 256, 28x28x1), (b) SimCLR's full ImageNet views
 (``DEFAULT_VIEW``: crop 224, flip, jitter 0.8, grayscale 0.2, blur 0.5; Chen et al. 2020,
 appendix A) on 224x224x3 uint8. The train row runs ``sslx.train.loop.train_and_evaluate`` on
-configs/simclr_fashion_mnist.py (eval off) for a few steps and reads its own
+configs/simclr.py (eval off) for a few steps and reads its own
 ``train/images_per_s`` (windows after the first, so compilation is excluded): the loader and the
 augmentation inside the step included, exactly as a real run. Images/s counts source images
 (each gives two views). Writes ``results/input_pipeline.json`` and prints a table.
@@ -153,11 +153,11 @@ def time_augment(view_config: dict, images: np.ndarray, repeats: int) -> dict:
 
 def time_train(data_dir: str, steps: int) -> dict:
   """The default config's train throughput, read from the loop's own metrics."""
-  from configs import simclr_fashion_mnist
+  from configs import simclr as simclr_config
   from sslx.train import loop
   from sslx.train.metrics import read_metrics
 
-  config = simclr_fashion_mnist.get_config()
+  config = simclr_config.get_config()
   log_every = max(1, steps // 3)
   config.total_steps = steps
   config.optim.warmup_steps = steps // 2  # learning-rate warm-up: no effect on speed
@@ -176,7 +176,7 @@ def time_train(data_dir: str, steps: int) -> dict:
   images_per_s = float(np.mean(rates))
   return {"images_per_s": images_per_s, "ms_per_step": 1e3 * config.batch_size / images_per_s,
           "batch_size": config.batch_size, "timed_steps": steps - log_every,
-          "total_s_with_compile": total, "config": "configs/simclr_fashion_mnist.py"}
+          "total_s_with_compile": total, "config": "configs/simclr.py"}
 
 
 def main(argv):
@@ -184,7 +184,7 @@ def main(argv):
   # Imported here, not at the top: grain's spawned workers import this file as __mp_main__.
   import jax
 
-  from configs import simclr_fashion_mnist
+  from configs import simclr as simclr_config
   from sslx.data import augment, sources
 
   t_start = time.perf_counter()
@@ -216,7 +216,7 @@ def main(argv):
         results["loader"].append(row)
 
   results["seconds"] = {"loader": time.perf_counter() - t_start}
-  cfg = simclr_fashion_mnist.get_config().augment.to_dict()
+  cfg = simclr_config.get_config().augment.to_dict()
   rng = np.random.default_rng(0)
   for name, view, shape, batch_size, repeats in (
       ("fashion_mnist (default config)", cfg, (28, 28, 1), 256, 2 if quick else 10),

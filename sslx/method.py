@@ -24,7 +24,13 @@ class Method(NamedTuple):
   loss(params, variables, batch, rng) -> (loss, aux)
       The training objective. ``batch["image"]`` holds raw uint8 images; augmentation happens
       here, on device. ``aux["metrics"]`` maps names to scalars; ``aux["state"]`` holds the new
-      values of the non-trainable entries of ``variables``.
+      values of the non-trainable entries of ``variables``. The trainer also passes
+      ``variables["step"]`` (int32 scalar, optimizer steps taken so far) for schedules inside
+      the loss (DINO's teacher temperature, SwAV's frozen prototypes); it is read, never
+      returned.
+  after_update(params, state, step) -> (state, metrics)   [optional]
+      Runs after the optimizer step on the new params and the state the loss returned: EMA
+      teachers (BYOL, MoCo, DINO) follow the student here. ``metrics`` maps names to scalars.
   """
 
   init: Callable[[jax.Array, Batch], Variables]
@@ -34,3 +40,4 @@ class Method(NamedTuple):
   # of names or None per leaf, e.g. sslx.sharding.logical_axes of a ViT); None replicates them.
   # config.mesh.rules maps the names to mesh axes (FSDP, tensor parallelism).
   param_axes: Any = None
+  after_update: Callable[[Any, dict, jax.Array], tuple[dict, dict]] | None = None

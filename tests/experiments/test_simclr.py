@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs import simclr_fashion_mnist
+from configs import simclr as simclr_config
 from experiments import simclr
 
 
@@ -20,7 +20,7 @@ def _batch(n=32, seed=0):
 
 
 def test_init_apply_loss_and_learning_on_a_fixed_batch():
-  config = simclr_fashion_mnist.get_config("smoke")
+  config = simclr_config.get_config("smoke")
   method = simclr.get_method(config)
   batch = _batch()
   variables = method.init(jax.random.PRNGKey(0), batch)

@@ -7,12 +7,12 @@ import sys
 import orbax.checkpoint as ocp
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMOKE = os.path.join(REPO, "configs", "simclr_fashion_mnist.py") + ":smoke"
+SMOKE = os.path.join(REPO, "configs", "simclr.py") + ":smoke"
 
 
 def smoke_config(data_dir, **overrides):
-  from configs import simclr_fashion_mnist
-  config = simclr_fashion_mnist.get_config("smoke")
+  from configs import simclr as simclr_config
+  config = simclr_config.get_config("smoke")
   config.data.data_dir = data_dir
   config.data.allow_download = False
   with config.unlocked():

@@ -1,0 +1,136 @@
+"""What every experiment module shares: the dataset's normalisation and view size, the functional
+boundary around a Flax NNX model, two augmented views, EMA teachers and collapse metrics.
+
+An experiment module (`experiments/<name>.py`) combines these with a loss from `sslx.losses` into
+a `Method`; see `experiments/byol.py` for a method with an EMA teacher and `experiments/simclr.py`
+for one without.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sslx import sharding
+from sslx.data import augment, sources
+from sslx.models.util import abstract_module
+from sslx.train import ema
+
+
+class Images(NamedTuple):
+  """How a method feeds images to its encoder: per-channel mean / std (pixels in [0, 1]) and the
+  shape of the augmented views, which may differ from the dataset's (crop_size)."""
+
+  mean: jax.Array
+  std: jax.Array
+  view_hw: tuple[int, int]
+  view_shape: tuple[int, int, int]
+  num_classes: int
+
+  def normalize(self, images):
+    """float images in [0, 1] -> (images - mean) / std."""
+    return (images - self.mean) / self.std
+
+  def for_eval(self, images):
+    """Evaluation images (float, [0, 1]) resized to the training view size (a ViT needs it),
+    then normalised."""
+    if images.shape[1:3] != self.view_hw:
+      images = jax.image.resize(images, (images.shape[0], *self.view_shape), "bilinear")
+    return self.normalize(images)
+
+
+def images_for(config, view_config=None) -> Images:
+  """`Images` for `config.data.name`, with views of `view_config` (default `config.augment`)."""
+  info = sources.get_dataset_info(config.data.name)
+  view_config = config.augment if view_config is None else view_config
+  view_hw = augment.make_pipeline(view_config).out_hw(info.image_shape[:2])
+  return Images(mean=jnp.asarray(info.mean, jnp.float32), std=jnp.asarray(info.std, jnp.float32),
+                view_hw=tuple(view_hw), view_shape=(*view_hw, info.image_shape[-1]),
+                num_classes=info.num_classes)
+
+
+def view_configs(config) -> list:
+  """The two view configs of a two-view method: `config.augment`, updated per view by
+  `config.augment_view1` / `config.augment_view2` where the config has them (BYOL's asymmetric
+  blur and solarisation)."""
+  base = config.augment.to_dict()
+  return [{**base, **config.get(f"augment_view{i}", {})} for i in (1, 2)]
+
+
+def two_views(rng, images, config, spec: Images):
+  """Two normalised augmented views of a uint8 batch, and a key for the encoder (stochastic
+  depth / drop-path) independent of the views' keys."""
+  configs = view_configs(config)
+  views = augment.augment_views(rng, images, configs)  # view i: fold_in(rng, i)
+  return [spec.normalize(v) for v in views], jax.random.fold_in(rng, len(configs))
+
+
+class Network:
+  """A Flax NNX model behind the functional boundary of the Method contract.
+
+  ``build(rngs) -> nnx.Module`` makes the model; its parameters and BatchNorm statistics live in
+  pure dicts (``{"params": ..., "batch_stats": ...}``) between steps, and `merge` rebuilds a
+  module from them inside `apply` / `loss` (copied, so a traced forward pass never mutates the
+  caller's arrays; `batch_stats` reads the statistics the forward pass updated).
+  """
+
+  def __init__(self, build: Callable[[nnx.Rngs], nnx.Module]):
+    self._build = build
+    self.abstract = abstract_module(build)
+    self.graphdef = nnx.split(self.abstract, nnx.Param, nnx.BatchStat)[0]
+
+  def init(self, rng) -> dict:
+    _, params, batch_stats = nnx.split(self._build(nnx.Rngs(rng)), nnx.Param, nnx.BatchStat)
+    return {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}
+
+  def merge(self, params, batch_stats):
+    return nnx.merge(self.graphdef, params, batch_stats, copy=True)
+
+  @staticmethod
+  def batch_stats(module) -> dict:
+    return nnx.state(module, nnx.BatchStat).to_pure_dict()
+
+  @property
+  def param_axes(self):
+    """Logical axis names of the parameters (ViT), for `Method.param_axes`."""
+    return sharding.logical_axes(nnx.state(self.abstract, nnx.Param))
+
+
+def teacher_momentum(config, step):
+  """The EMA teacher's momentum at `step` from `config.ema` (see `sslx.train.ema`).
+
+  With ``ema.scaling_rule`` the momentum tuned at ``ema.reference_batch_size`` is raised to the
+  power kappa = batch_size / reference_batch_size ("How to Scale Your EMA", Busbridge et al.
+  2023), alongside the optimizer's learning-rate scaling (``optim.lr_scaling``).
+  """
+  e = config.ema
+  scale = (ema.ema_scale(config.batch_size, e.reference_batch_size) if e.scaling_rule else 1.0)
+  return ema.ema_momentum(step, config.total_steps, base=e.base, final=e.final,
+                          schedule=e.schedule, scale=scale)
+
+
+def ema_teacher_update(config, student: Callable[[Any], Any] = lambda params: params,
+                       key: str = "teacher") -> Callable:
+  """`Method.after_update` for a method whose ``variables[key]["params"]`` is an EMA of
+  ``student(params)`` (the whole student by default, or a sub-tree such as the encoder)."""
+
+  def after_update(params, state, step):
+    momentum = teacher_momentum(config, step)
+    teacher = dict(state[key])
+    teacher["params"] = ema.ema_update(teacher["params"], student(params), momentum)
+    return {**state, key: teacher}, {"train/ema_momentum": momentum}
+
+  return after_update
+
+
+def embedding_metrics(z1, z2) -> dict:
+  """Collapse detectors on the two views' embeddings [B, D].
+
+  ``train/embedding_std``: mean per-dimension std of the l2-normalised embeddings, about
+  1/sqrt(D) when they spread over the sphere and 0 at collapse (SimSiam Sec. 4.1).
+  ``train/positive_cosine``: mean cosine between the two views of an image.
+  """
+  u1, u2 = (z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-8) for z in (z1, z2))
+  return {"train/embedding_std": jnp.mean(jnp.std(jnp.concatenate([u1, u2]), axis=0)),
+          "train/positive_cosine": jnp.mean(jnp.sum(u1 * u2, axis=-1))}

@@ -1,0 +1,90 @@
+"""Every experiment module with a config: the Method contract holds, a few real train steps on a
+fixed batch lower the loss without collapsing the embeddings, and EMA teachers follow the student.
+
+A method is picked up automatically when `configs/<name>.py` has a `smoke` variant and sets
+`experiment = "<name>"`; methods with special needs (labels, more steps) say so in SMOKE_SETTINGS.
+"""
+
+import glob
+import importlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sslx.train import loop
+from sslx.train.state import TrainState
+from sslx.train.step import make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+METHODS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not os.path.basename(p).startswith("_")
+                 and os.path.exists(os.path.join(REPO, "experiments", os.path.basename(p))))
+
+# Per method: steps, Adam learning rate, the required drop of the loss (last 3 steps' mean over
+# the first 3 steps' mean) and the collapse threshold on train/embedding_std.
+DEFAULT_SETTINGS = {"steps": 12, "lr": 3e-3, "max_ratio": 0.95, "min_std": 0.02}
+SMOKE_SETTINGS = {}
+
+
+def fixed_batch(n=32, seed=0):
+  """Blobs of different brightness, position and size, with labels 0..3 (for SupCon)."""
+  rng = np.random.default_rng(seed)
+  images = np.zeros((n, 28, 28, 1), np.uint8)
+  for i in range(n):
+    r, c = rng.integers(2, 18, size=2)
+    side = 6 + i % 4 * 2
+    images[i, r:r + side, c:c + side] = 60 + 6 * i
+  return {"image": jnp.asarray(images), "label": jnp.asarray(np.arange(n) % 4, jnp.int32)}
+
+
+def test_every_method_has_a_module_and_a_config():
+  assert "simclr" in METHODS and "byol" in METHODS
+  for name in METHODS:
+    config = importlib.import_module(f"configs.{name}").get_config("smoke")
+    assert config.experiment == name
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_learns_on_a_fixed_batch_without_collapse(name):
+  settings = {**DEFAULT_SETTINGS, **SMOKE_SETTINGS.get(name, {})}
+  config = importlib.import_module(f"configs.{name}").get_config("smoke")
+  method = loop.get_method(config)
+  batch = fixed_batch(config.batch_size)
+
+  variables = dict(method.init(jax.random.PRNGKey(0), batch))
+  features = method.apply(variables, batch["image"].astype(jnp.float32) / 255)
+  assert features.ndim == 2 and features.shape[0] == config.batch_size
+  assert np.isfinite(np.asarray(features)).all()
+
+  tx = optax.adam(settings["lr"])
+  params = variables.pop("params")
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                     opt_state=tx.init(params), rng=jax.random.PRNGKey(1),
+                     nonfinite_steps=jnp.zeros((), jnp.int32))
+  initial = jax.tree.map(np.asarray, state)
+  train_step = make_train_step(method, tx, lambda step: settings["lr"], state_sharding=None,
+                               batch_sharding=None, metric_sharding=None)
+  losses, stds = [], []
+  for _ in range(settings["steps"]):
+    state, metrics = train_step(state, batch)
+    losses.append(float(metrics["train/loss"]))
+    stds.append(float(metrics["train/embedding_std"]))
+  assert int(state.nonfinite_steps) == 0, losses
+  assert np.isfinite(losses).all(), losses
+  first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+  # Losses may be negative (SimSiam's -cos): compare the drop against the loss's scale.
+  assert last < first - (1 - settings["max_ratio"]) * abs(first), losses
+  assert stds[-1] > settings["min_std"], stds
+
+  # Every piece of state the loss keeps (batch stats, teachers, queues, centers) is updated,
+  # and an EMA teacher moved towards the student but is not the student.
+  for key, value in state.model_state.items():
+    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(value),
+                                                     jax.tree.leaves(initial.model_state[key]))]
+    assert any(changed), f"model_state[{key!r}] never changed"
+  if method.after_update is not None:
+    assert "train/ema_momentum" in metrics
