@@ -213,10 +213,7 @@ def _stop_nonfinite(step, checkpointer, writer, progress):
 
 def evaluate(config, method, state, mesh, info, source_kwargs) -> dict:
   """kNN and linear-probe top-1 of the trained encoder, a random encoder and raw pixels."""
-  test_source = _first(sources.load_source(config.data.name, info.test_split, **source_kwargs),
-                       config.eval.test_examples)
-  train_source = _first(sources.load_source(config.data.name, info.train_split, **source_kwargs),
-                        config.eval.train_examples)
+  train_source, test_source = eval_sources(config, info, source_kwargs)
   bs = config.eval.batch_size
   candidates = {
       "SSL encoder": lambda s: features_lib.extract_features(
@@ -232,27 +229,43 @@ def evaluate(config, method, state, mesh, info, source_kwargs) -> dict:
   if "raw_pixels" in config.eval.baselines:
     candidates["raw pixels"] = features_lib.raw_pixel_features
 
-  rows = {}
-  for name, featurize in candidates.items():
-    t0 = time.perf_counter()
-    train_x, train_y = featurize(train_source)
-    test_x, test_y = featurize(test_source)
-    row = {"knn_top1": knn.knn_accuracy(
-        train_x, train_y, test_x, test_y, num_classes=info.num_classes,
-        k=config.eval.knn_k, temperature=config.eval.knn_temperature)}
-    if config.eval.linear_probe:
-      probe = linear.linear_probe(train_x, train_y, test_x, test_y,
-                                  num_classes=info.num_classes, seed=config.seed)
-      row["linear_top1"] = probe["top1"]
-    row["feature_dim"] = int(train_x.shape[1])
-    row["seconds"] = round(time.perf_counter() - t0, 1)
-    rows[name] = row
-    logging.info("eval %s: %s", name, row)
+  rows = {name: evaluate_features(config, info, featurize, train_source, test_source, name)
+          for name, featurize in candidates.items()}
   return {"rows": rows, "protocol": {
       "knn": f"weighted kNN, cosine, k={config.eval.knn_k}, T={config.eval.knn_temperature}, "
              "bank = train split, queries = test split",
       "linear": "offline linear probe on frozen features (train split), test-split top-1"},
       "dataset": config.data.name, "steps": int(state.step)}
+
+
+def eval_sources(config, info, source_kwargs):
+  """The (train, test) sources of the evaluation: the first eval.train_examples /
+  eval.test_examples of the dataset's splits (all of them when 0)."""
+  test_source = _first(sources.load_source(config.data.name, info.test_split, **source_kwargs),
+                       config.eval.test_examples)
+  train_source = _first(sources.load_source(config.data.name, info.train_split, **source_kwargs),
+                        config.eval.train_examples)
+  return train_source, test_source
+
+
+def evaluate_features(config, info, featurize, train_source, test_source, name="") -> dict:
+  """One row of the evaluation: kNN (and with eval.linear_probe, linear-probe) top-1 of the
+  features `featurize(source) -> (features, labels)` gives, bank / probe fit on the train
+  source, scored on the test source."""
+  t0 = time.perf_counter()
+  train_x, train_y = featurize(train_source)
+  test_x, test_y = featurize(test_source)
+  row = {"knn_top1": knn.knn_accuracy(
+      train_x, train_y, test_x, test_y, num_classes=info.num_classes,
+      k=config.eval.knn_k, temperature=config.eval.knn_temperature)}
+  if config.eval.linear_probe:
+    probe = linear.linear_probe(train_x, train_y, test_x, test_y,
+                                num_classes=info.num_classes, seed=config.seed)
+    row["linear_top1"] = probe["top1"]
+  row["feature_dim"] = int(train_x.shape[1])
+  row["seconds"] = round(time.perf_counter() - t0, 1)
+  logging.info("eval %s: %s", name, row)
+  return row
 
 
 class _First:

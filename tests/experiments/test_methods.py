@@ -27,7 +27,13 @@ METHODS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 
 # Per method: steps, Adam learning rate, the required drop of the loss (last 3 steps' mean over
 # the first 3 steps' mean) and the collapse threshold on train/embedding_std.
 DEFAULT_SETTINGS = {"steps": 12, "lr": 3e-3, "max_ratio": 0.95, "min_std": 0.02}
-SMOKE_SETTINGS = {}
+SMOKE_SETTINGS = {
+    # MoCo v2's queue starts as random unit vectors (an easy first step), then fills with this
+    # fixed batch's own keys (false negatives) from a head without BatchNorm whose keys start
+    # nearly parallel: the loss rises before it can fall. Only a blow-up is caught here;
+    # tests/experiments/test_moco.py checks the queue and shuffle-BN.
+    "moco_v2": {"max_ratio": 1.5},
+}
 
 
 def fixed_batch(n=32, seed=0):
@@ -52,6 +58,8 @@ def test_every_method_has_a_module_and_a_config():
 def test_method_learns_on_a_fixed_batch_without_collapse(name):
   settings = {**DEFAULT_SETTINGS, **SMOKE_SETTINGS.get(name, {})}
   config = importlib.import_module(f"configs.{name}").get_config("smoke")
+  with config.unlocked():  # schedules inside the method (EMA momentum, warm-ups) span the test
+    config.total_steps = settings["steps"]
   method = loop.get_method(config)
   batch = fixed_batch(config.batch_size)
 

@@ -10,9 +10,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SMOKE = os.path.join(REPO, "configs", "simclr.py") + ":smoke"
 
 
-def smoke_config(data_dir, **overrides):
-  from configs import simclr as simclr_config
-  config = simclr_config.get_config("smoke")
+def smoke_config(data_dir, method="simclr", **overrides):
+  import importlib
+  config = importlib.import_module(f"configs.{method}").get_config("smoke")
   config.data.data_dir = data_dir
   config.data.allow_download = False
   with config.unlocked():

@@ -82,6 +82,28 @@ def test_same_losses_on_one_and_eight_devices(fashion_mnist_dir, tmp_path):
   assert len(set(losses[1])) > 1  # the runs really trained
 
 
+def test_ema_teacher_method_on_eight_devices_and_exact_resume(fashion_mnist_dir, tmp_path):
+  """BYOL through the loop: the teacher (Method.after_update) is checkpointed with the state, a
+  run resumed from step 3 ends bit-equal to the straight run, and 8 devices equal 1."""
+  settings = {"eval.enabled": False, "total_steps": 6, "checkpoint_every": 3}
+  straight = loop.train_and_evaluate(
+      smoke_config(fashion_mnist_dir, "byol", **settings, **{"mesh.num_devices": 1}),
+      str(tmp_path / "one"))["state"]
+  resumed_dir = tmp_path / "eight"
+  config = smoke_config(fashion_mnist_dir, "byol", **settings)
+  uninterrupted = jax.tree.map(np.asarray, loop.train_and_evaluate(config, str(resumed_dir))["state"])
+  import shutil
+  shutil.rmtree(resumed_dir / "checkpoints" / "6")  # as if the run had stopped after step 3
+  resumed = loop.train_and_evaluate(config, str(resumed_dir))["state"]
+  teacher, student = straight.model_state["teacher"]["params"], straight.params
+  assert not np.allclose(jax.tree.leaves(teacher)[0], jax.tree.leaves(student["encoder"])[0])
+  np.testing.assert_allclose(_losses(resumed_dir)[-6:], _losses(tmp_path / "one"), rtol=2e-5)
+  for x, y in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(x, np.asarray(y))
+  momenta = [r["train/ema_momentum"] for r in read_metrics(str(resumed_dir))]
+  assert 0.99 <= momenta[0] < momenta[-1] <= 1.0  # BYOL's cosine schedule from 0.99 to 1
+
+
 def test_vit_backbone_sharded_by_fsdp_rules_matches_replicated(fashion_mnist_dir, tmp_path):
   """Any backbone by config: SimCLR with a ViT; `mesh.rules=fsdp` on a (data 2, fsdp 4) mesh
   stores each ViT weight in quarters and follows the replicated run's losses."""

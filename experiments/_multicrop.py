@@ -1,0 +1,128 @@
+"""Multi-crop training shared by SwAV (Caron et al. 2020) and DINO (Caron et al. 2021): crop
+groups from `config.multicrop`, one encoder pass per crop resolution, layers frozen for a while.
+
+`config.multicrop` maps group names to `sslx.data.views.multi_crop` groups::
+
+  {"global": {"number": 2, "size": 224, "scale": (0.14, 1.0), "pipeline": spec},
+   "local": {"number": 6, "size": 96, "scale": (0.05, 0.14), "pipeline": spec}}
+
+"global" comes first and holds at least two views (the ones SwAV assigns codes to and DINO's
+teacher sees); "local" is optional and a group with ``number = 0`` is left out (two-crop runs).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sslx import experiment
+from sslx.data import views as views_lib
+
+GLOBAL, LOCAL = "global", "local"
+
+
+def crop_config(config) -> dict:
+  """`config.multicrop` as a dict for `multi_crop`, groups with ``number = 0`` left out;
+  ValueError (naming the field) when the global group is missing, second or smaller than 2."""
+  groups = config.multicrop.to_dict()
+  unknown = sorted(set(groups) - {GLOBAL, LOCAL})
+  if unknown or list(groups)[:1] != [GLOBAL]:
+    raise ValueError(f"multicrop must have the groups ['global', 'local'] (global first, local "
+                     f"optional), got {list(groups)}")
+  for name, group in groups.items():
+    number = group.get("number")
+    if not (isinstance(number, int) and number >= (2 if name == GLOBAL else 0)):
+      raise ValueError(f"multicrop.{name}.number must be an int >= "
+                       f"{2 if name == GLOBAL else 0}, got {number!r}")
+  return {name: group for name, group in groups.items() if group["number"] > 0}
+
+
+def crop_sizes(config) -> dict[str, int]:
+  """``{group: side length}`` of the groups in use."""
+  return {name: group["size"] for name, group in crop_config(config).items()}
+
+
+def images_for(config) -> experiment.Images:
+  """`experiment.Images` with the global crops' size as the view size (evaluation images are
+  resized to it, as for the views of a two-view method)."""
+  spec = experiment.images_for(config)
+  size = crop_config(config)[GLOBAL]["size"]
+  return spec._replace(view_hw=(size, size), view_shape=(size, size, spec.view_shape[-1]))
+
+
+def crop_views(rng, images, config, spec: experiment.Images):
+  """``{group: normalised float32 [n, B, s, s, C]}`` multi-crop views of a uint8 batch, and a key
+  for the encoder (drop-path) independent of the views' key."""
+  views = views_lib.multi_crop(jax.random.fold_in(rng, 0), images, crop_config(config))
+  return {name: spec.normalize(v) for name, v in views.items()}, jax.random.fold_in(rng, 1)
+
+
+def frozen_until(tree, step, until_step: int):
+  """`tree` as is in the forward pass, with zero gradient while ``step < until_step`` (SwAV's
+  frozen prototypes and DINO's frozen last layer during the first epoch: the authors drop those
+  gradients, ``p.grad = None``)."""
+  frozen = jnp.asarray(step) < until_step
+  return jax.tree.map(lambda p: jnp.where(frozen, jax.lax.stop_gradient(p), p), tree)
+
+
+class MultiCropNetwork:
+  """An NNX model applied to crops of several resolutions with one set of parameters.
+
+  ``build(rngs, image_shape)`` makes the model for crops of ``image_shape``; one
+  `experiment.Network` is kept per crop size. A ResNet has the same parameters at every size; a
+  ViT too with fixed sine-cosine position embeddings (computed for each crop's patch grid, where
+  DINO interpolates its learned ones). A model whose parameters depend on the input size (a ViT
+  with ``pos_embed="learned"``) raises a ValueError unless every group has the global size.
+  """
+
+  def __init__(self, build: Callable[[nnx.Rngs, tuple], nnx.Module], config,
+               spec: experiment.Images):
+    channels = spec.view_shape[-1]
+    self.sizes = crop_sizes(config)
+    self.networks = {}
+    for size in dict.fromkeys(self.sizes.values()):
+      try:
+        self.networks[size] = experiment.Network(
+            lambda rngs, s=size: build(rngs, (s, s, channels)))
+      except ValueError as e:  # e.g. a ViT patch size that does not divide the crop size
+        raise ValueError(f"multicrop crops of size {size}: {e}") from None
+    shapes = {size: jax.tree.map(lambda a: a.shape, nnx.state(net.abstract, nnx.Param))
+              for size, net in self.networks.items()}
+    reference = shapes[self.sizes[GLOBAL]]
+    for size, tree in shapes.items():
+      if tree != reference:
+        raise ValueError(
+            f"multicrop: the model's parameters at crop size {size} differ from those at the "
+            f"global size {self.sizes[GLOBAL]} (a ViT with model.vit.pos_embed='learned' has "
+            f"one position embedding per patch of the global crop); use "
+            f"model.vit.pos_embed='sincos', a ResNet, or local crops of the global size")
+    self.global_network = self.networks[self.sizes[GLOBAL]]
+
+  def init(self, rng) -> dict:
+    return self.global_network.init(rng)
+
+  def merge(self, params, batch_stats, group: str = GLOBAL):
+    return self.networks[self.sizes[group]].merge(params, batch_stats)
+
+  @property
+  def param_axes(self):
+    return self.global_network.param_axes
+
+  def encode(self, fn: Callable[[nnx.Module, jax.Array, Any], Any], params, batch_stats,
+             views: dict, rng=None, groups=None):
+    """Runs ``fn(module, images [n * B, s, s, C], rng)`` once per group (one forward pass per
+    resolution, as the authors' MultiCropWrapper) and returns its outputs with leading
+    ``[V, B]``, the groups' views concatenated in order, and the updated batch statistics (each
+    pass updates them in turn, as consecutive PyTorch forward passes do)."""
+    outputs = []
+    for i, group in enumerate(groups or self.sizes):
+      x = views[group]
+      n, b = x.shape[:2]
+      module = self.merge(params, batch_stats, group)
+      out = fn(module, x.reshape(n * b, *x.shape[2:]),
+               None if rng is None else jax.random.fold_in(rng, i))
+      batch_stats = experiment.Network.batch_stats(module)
+      outputs.append(jax.tree.map(lambda y, n=n, b=b: y.reshape(n, b, *y.shape[1:]), out))
+    return jax.tree.map(lambda *ys: jnp.concatenate(ys), *outputs), batch_stats
