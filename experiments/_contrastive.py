@@ -1,9 +1,10 @@
-"""The Method skeleton shared by the two-view contrastive methods (DCL, SupCon, NNCLR): an
+"""The Method skeleton shared by the two-view contrastive methods (SimCLR, DCL, SupCon, NNCLR): an
 encoder + projector over both views in one pass, and a method-specific objective on the two views'
 projections.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -47,8 +48,3 @@ def two_view_method(config, build_model: Callable, objective: Objective,
                    "state": {"batch_stats": net.batch_stats(model), **state}}
 
   return Method(init=init, apply=apply, loss=loss, param_axes=net.param_axes)
-
-
-def check_positive(name: str, value) -> None:
-  if not value > 0:
-    raise ValueError(f"{name} must be > 0, got {value!r}")

@@ -95,13 +95,3 @@ def redundancy_method(config, objective: Objective, *, num_views: int = 2) -> Me
                    "state": {"batch_stats": net.batch_stats(model)}}
 
   return Method(init=init, apply=apply, loss=loss, param_axes=net.param_axes)
-
-
-def check_positive(name: str, value) -> None:
-  if not value > 0:
-    raise ValueError(f"{name} must be > 0, got {value!r}")
-
-
-def check_non_negative(name: str, value) -> None:
-  if not value >= 0:
-    raise ValueError(f"{name} must be >= 0, got {value!r}")

@@ -3,14 +3,15 @@ projections is pushed towards the identity, so dimensions agree across views and
 """
 
 from experiments import _redundancy
+from sslx import experiment
 from sslx.losses import barlow_twins
 from sslx.method import Method
 
 
 def get_method(config) -> Method:
   lambd, scale = config.loss.lambd, config.loss.scale
-  _redundancy.check_non_negative("loss.lambd", lambd)
-  _redundancy.check_positive("loss.scale", scale)
+  experiment.check_non_negative("loss.lambd", lambd)
+  experiment.check_positive("loss.scale", scale)
 
   def objective(context):
     z1, z2 = context.projections

@@ -2,11 +2,11 @@
 from the InfoNCE denominator (DCL), optionally re-weighting positives by a von Mises-Fisher (DCLW).
 """
 
-from sslx.losses import dcl, negative_von_mises_fisher_weight
-from sslx.method import Method
-
 from experiments import _contrastive
 from experiments.simclr import SimCLRModel
+from sslx import experiment
+from sslx.losses import dcl, negative_von_mises_fisher_weight
+from sslx.method import Method
 
 VARIANTS = ("dcl", "dclw")
 
@@ -15,10 +15,10 @@ def get_method(config) -> Method:
   loss_config = config.loss
   if loss_config.variant not in VARIANTS:
     raise ValueError(f"loss.variant must be one of {VARIANTS}, got {loss_config.variant!r}")
-  _contrastive.check_positive("loss.temperature", loss_config.temperature)
+  experiment.check_positive("loss.temperature", loss_config.temperature)
   weight_fn = None
   if loss_config.variant == "dclw":  # DCLW: hard positives (low cosine) weigh more
-    _contrastive.check_positive("loss.sigma", loss_config.sigma)
+    experiment.check_positive("loss.sigma", loss_config.sigma)
     weight_fn = negative_von_mises_fisher_weight(loss_config.sigma)
 
   def objective(model, z1, z2, batch, variables):

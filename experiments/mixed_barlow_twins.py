@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments import _redundancy
+from sslx import experiment
 from sslx.losses import barlow_twins, mixed_barlow_twins_regularizer
 from sslx.method import Method
 
@@ -21,10 +22,10 @@ def regularizer_weight(step, reg_weight: float, warmup_steps: int):
 
 def get_method(config) -> Method:
   loss = config.loss
-  _redundancy.check_non_negative("loss.lambd", loss.lambd)
-  _redundancy.check_positive("loss.scale", loss.scale)
-  _redundancy.check_non_negative("loss.reg_weight", loss.reg_weight)
-  _redundancy.check_positive("loss.mixup_alpha", loss.mixup_alpha)
+  experiment.check_non_negative("loss.lambd", loss.lambd)
+  experiment.check_positive("loss.scale", loss.scale)
+  experiment.check_non_negative("loss.reg_weight", loss.reg_weight)
+  experiment.check_positive("loss.mixup_alpha", loss.mixup_alpha)
   if not (isinstance(loss.reg_warmup_steps, int) and loss.reg_warmup_steps >= 0):
     raise ValueError(f"loss.reg_warmup_steps must be an integer >= 0, got "
                      f"{loss.reg_warmup_steps!r}")

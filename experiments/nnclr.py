@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from experiments import _contrastive
+from sslx import experiment
 from sslx.losses import info_nce, nearest_neighbor, nnclr, update_support_set
 from sslx.losses._common import l2_normalize
 from sslx.method import Method
 from sslx.models import MLP, Backbone
-
-from experiments import _contrastive
 
 FORMS = ("paper", "swapped")
 
@@ -48,7 +48,7 @@ def support_for_lookup(support, z1):
 
 def get_method(config) -> Method:
   loss_config = config.loss
-  _contrastive.check_positive("loss.temperature", loss_config.temperature)
+  experiment.check_positive("loss.temperature", loss_config.temperature)
   if loss_config.form not in FORMS:
     raise ValueError(f"loss.form must be one of {FORMS}, got {loss_config.form!r}")
   if config.support_size < config.batch_size:

@@ -2,7 +2,7 @@
 projector for both views, a predictor, and negative cosine onto the stop-gradient other view.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 from flax import nnx

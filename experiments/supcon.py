@@ -7,16 +7,16 @@ learning reaches when the classes are known), not a competitor of the label-free
 
 import jax.numpy as jnp
 
-from sslx.losses import supcon
-from sslx.method import Method
-
 from experiments import _contrastive
 from experiments.simclr import SimCLRModel
+from sslx import experiment
+from sslx.losses import supcon
+from sslx.method import Method
 
 
 def get_method(config) -> Method:
   temperature = config.loss.temperature
-  _contrastive.check_positive("loss.temperature", temperature)
+  experiment.check_positive("loss.temperature", temperature)
 
   def objective(model, z1, z2, batch, variables):
     del model, variables

@@ -3,6 +3,7 @@ variance hinge and a covariance penalty on each view, which keep the projections
 """
 
 from experiments import _redundancy
+from sslx import experiment
 from sslx.losses import vicreg
 from sslx.method import Method
 
@@ -10,7 +11,7 @@ from sslx.method import Method
 def get_method(config) -> Method:
   weights = {name: config.loss[name] for name in ("sim_weight", "var_weight", "cov_weight")}
   for name, weight in weights.items():
-    _redundancy.check_non_negative(f"loss.{name}", weight)
+    experiment.check_non_negative(f"loss.{name}", weight)
 
   def objective(context):
     z1, z2 = context.projections

@@ -6,7 +6,8 @@ a `Method`; see `experiments/byol.py` for a method with an EMA teacher and `expe
 for one without.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -134,3 +135,15 @@ def embedding_metrics(z1, z2) -> dict:
   u1, u2 = (z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-8) for z in (z1, z2))
   return {"train/embedding_std": jnp.mean(jnp.std(jnp.concatenate([u1, u2]), axis=0)),
           "train/positive_cosine": jnp.mean(jnp.sum(u1 * u2, axis=-1))}
+
+
+def check_positive(name: str, value) -> None:
+  """A ValueError naming the config field unless `value` > 0."""
+  if not value > 0:
+    raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_non_negative(name: str, value) -> None:
+  """A ValueError naming the config field unless `value` >= 0."""
+  if not value >= 0:
+    raise ValueError(f"{name} must be >= 0, got {value!r}")
