@@ -22,8 +22,11 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dataset, args = common.parse_variant(arg)
   c = common.method_config("byol", dataset)
-  c.projector = ml_collections.ConfigDict({"hidden": (4096,), "out_features": 256})
-  c.predictor = ml_collections.ConfigDict({"hidden": (4096,)})
+  # norm: BatchNorm in the heads as BYOL; "layer" or "none" make every example's gradient
+  # independent of the rest of its batch (the EMA scaling-rule test needs that).
+  c.projector = ml_collections.ConfigDict({"hidden": (4096,), "out_features": 256,
+                                           "norm": "batch"})
+  c.predictor = ml_collections.ConfigDict({"hidden": (4096,), "norm": "batch"})
   c.optim.name = "lars"
   if dataset == "fashion_mnist":
     c.projector.hidden = (512,)

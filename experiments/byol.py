@@ -18,7 +18,8 @@ class Target(nnx.Module):
   def __init__(self, config, image_shape, *, rngs: nnx.Rngs):
     self.encoder = Backbone(config.model, image_shape, rngs=rngs)
     p = config.projector
-    self.projector = MLP(self.encoder.num_features, tuple(p.hidden), p.out_features, rngs=rngs)
+    self.projector = MLP(self.encoder.num_features, tuple(p.hidden), p.out_features,
+                         norm=p.norm, rngs=rngs)
 
   def __call__(self, x, *, train: bool, rng=None):
     return self.projector(self.encoder(x, train=train, rng=rng), train=train)
@@ -30,7 +31,7 @@ class Online(Target):
     super().__init__(config, image_shape, rngs=rngs)
     q = config.predictor
     self.predictor = MLP(config.projector.out_features, tuple(q.hidden),
-                         config.projector.out_features, rngs=rngs)
+                         config.projector.out_features, norm=q.norm, rngs=rngs)
 
 
 def get_method(config) -> Method:
@@ -38,8 +39,8 @@ def get_method(config) -> Method:
   online = experiment.Network(lambda rngs: Online(config, images.view_shape, rngs=rngs))
   target = experiment.Network(lambda rngs: Target(config, images.view_shape, rngs=rngs))
 
-  def followed(params):  # the online parameters the target averages
-    return {"encoder": params["encoder"], "projector": params["projector"]}
+  def followed(params):  # the online parameters (or BN statistics, if any) the target averages
+    return {k: v for k, v in params.items() if k in ("encoder", "projector")}
 
   def init(rng, batch):
     del batch

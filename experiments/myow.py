@@ -68,8 +68,8 @@ def get_method(config) -> Method:
   # The mining views: the authors' transform_m (near-full crops and flips only).
   mining_view = {**config.augment.to_dict(), **config.augment_mining}
 
-  def followed(params):  # the online parameters the target averages
-    return {k: params[k] for k in ("encoder", "projector", "mining_projector")}
+  def followed(params):  # the online parameters (or BN statistics, if any) the target averages
+    return {k: v for k, v in params.items() if k in ("encoder", "projector", "mining_projector")}
 
   def init(rng, batch):
     del batch

@@ -37,3 +37,19 @@ def test_losses_in_your_project_notebook_runs():
   few_labels = {name: float(acc) for name, acc in
                 re.findall(r"linear probe, +(.+?):.*5 per class ([\d.]+)%", outputs)}
   assert few_labels["Barlow Twins encoder"] > few_labels["random encoder"] + 2, outputs
+
+
+@pytest.mark.slow
+def test_evaluate_representations_notebook_runs(fashion_mnist_dir, monkeypatch):
+  monkeypatch.setenv("SSLX_DATA_DIR", fashion_mnist_dir)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  monkeypatch.delenv("SSLX_EVAL_WORKDIR", raising=False)
+  nb = nbformat.read(os.path.join(REPO, "colabs", "evaluate_representations.ipynb"),
+                     as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": os.path.join(REPO, "colabs")}}).execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "monitor/rankme" in text and "SSL encoder" in text
+  assert "linear: offline linear probe" in text and "lidar: LiDAR" in text
+  assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # the three pictures

@@ -56,6 +56,7 @@ __all__ = [
     "digits_to_uint8",
     "find_fashion_mnist_dir",
     "get_dataset_info",
+    "label_fraction",
     "load_source",
     "prepare_digits",
     "prepare_fashion_mnist",
@@ -432,6 +433,26 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
   test = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
   train = np.setdiff1d(np.arange(len(labels)), test)
   return train, test
+
+
+def label_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Sorted indices of a class-balanced, seeded ``fraction`` of ``labels``: the low-label subsets
+  of SimCLRv2 (Chen et al. 2020b: 1% and 10% of the ImageNet labels). Each class keeps
+  round(n_c * fraction) of its examples (a class left empty is an error), drawn as
+  `stratified_split` draws its test split, so (labels, fraction, seed) fixes the subset."""
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not (
+      0.0 < fraction < 1.0):
+    raise ValueError(f"fraction: expected a number in (0, 1), got {fraction!r}")
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or labels.size == 0:
+    raise ValueError(f"labels: expected a non-empty 1-D array, got shape {labels.shape}")
+  classes, counts = np.unique(labels, return_counts=True)
+  empty = np.minimum(np.round(counts * fraction), counts - 1) < 1  # as stratified_split counts
+  if empty.any():
+    raise ValueError(
+        f"fraction={fraction} keeps no example of classes {classes[empty].tolist()} (counts "
+        f"{counts[empty].tolist()}); expected at least one per class")
+  return stratified_split(labels, fraction, seed)[1]
 
 
 # No official split exists for the digits; this one is fixed forever (changing it would be a new

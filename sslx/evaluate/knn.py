@@ -9,6 +9,12 @@ with the largest summed vote (ties go to the lowest class index).
 Queries are processed in chunks of a fixed size (the last chunk is zero-padded) by a single jitted
 function, so memory stays at ``batch_size * bank_size`` similarities (at most 2**28; the chunk is
 made smaller for huge banks) and only one shape compiles.
+
+With ``mesh`` the bank is sharded: its rows are split over every device of the mesh (and so over
+hosts), each device scores the (replicated) queries against its shard and keeps its local top-k,
+and the devices' candidates are all-gathered and merged into the global top-k. The merge sees the
+candidates in bank order, so ties resolve to the lowest bank index exactly as on one device; the
+answer is the single-device one, and per device memory is ``batch_size * bank_size / devices``.
 """
 
 import functools
@@ -16,6 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 _EPS = 1e-12
 # Upper bound on the [chunk, bank] similarity matrix (2**28 float32 = 1 GiB): batch_size is lowered
@@ -58,6 +65,22 @@ def _check_labels(y, name: str, num_examples: int, num_classes: int, features_na
   return y.astype(np.int32)
 
 
+def check_train_test(train_features, train_labels, test_features, test_labels, num_classes):
+  """The checked (num_classes, x_train, y_train, x_test, y_test) of a probe's inputs: NumPy
+  arrays, labels in range, train and test features of the same width."""
+  num_classes = _check_num_classes(num_classes)
+  x_train = _check_features(train_features, "train_features")
+  x_test = _check_features(test_features, "test_features")
+  y_train = _check_labels(train_labels, "train_labels", x_train.shape[0], num_classes,
+                          "train_features")
+  y_test = _check_labels(test_labels, "test_labels", x_test.shape[0], num_classes,
+                         "test_features")
+  if x_test.shape[1] != x_train.shape[1]:
+    raise ValueError(
+        f"test_features has dim {x_test.shape[1]} but train_features has dim {x_train.shape[1]}")
+  return num_classes, x_train, y_train, x_test, y_test
+
+
 def _check_num_classes(num_classes) -> int:
   if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
     raise ValueError(f"num_classes must be an int, got {num_classes!r}")
@@ -84,16 +107,82 @@ def _neighbors_chunk(bank, query, *, k: int):
   return _top_k(bank, query, k)
 
 
+def _vote(top_sim, top_labels, temperature, num_classes: int):
+  """Weighted vote of the k neighbours [B, k]: the class with the largest sum of
+  exp(similarity / temperature) (ties -> lowest class)."""
+  weights = jnp.exp(top_sim / temperature)  # [B, k]
+  votes = jnp.einsum(
+      "bk,bkc->bc", weights, jax.nn.one_hot(top_labels, num_classes, dtype=jnp.float32),
+      precision=jax.lax.Precision.HIGHEST,
+  )  # [B, C]
+  return jnp.argmax(votes, axis=-1).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _knn_chunk(bank, bank_labels, query, temperature, *, k: int, num_classes: int):
   """Predicted labels [B] for one chunk of queries [B, D] against the normalised bank [N, D]."""
   top_sim, top_idx = _top_k(bank, query, k)
-  weights = jnp.exp(top_sim / temperature)  # [B, k]
-  votes = jnp.einsum(
-      "bk,bkc->bc", weights, jax.nn.one_hot(bank_labels[top_idx], num_classes, dtype=jnp.float32),
-      precision=jax.lax.Precision.HIGHEST,
-  )  # [B, C]
-  return jnp.argmax(votes, axis=-1).astype(jnp.int32)
+  return _vote(top_sim, bank_labels[top_idx], temperature, num_classes)
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded_fns(mesh: Mesh, k: int, num_classes: int):
+  """Jitted (neighbours, predictions) of a query chunk against a bank sharded over all of
+  ``mesh``'s devices: local top-k per shard, all-gathered, merged into the global top-k."""
+  axes = tuple(mesh.axis_names)
+
+  def global_top_k(bank, labels, valid, query):
+    shard_rows = bank.shape[0]  # rows per device
+    sim = jnp.dot(l2_normalize(query), l2_normalize(bank).T,
+                  precision=jax.lax.Precision.HIGHEST)  # [B, shard_rows]
+    sim = jnp.where(valid[None, :], sim, -jnp.inf)  # padding rows never win
+    local_sim, local_idx = jax.lax.top_k(sim, min(k, shard_rows))
+    # Gathered in shard order (= bank order), so ties still go to the lowest bank index.
+    gather = functools.partial(jax.lax.all_gather, axis_name=axes, axis=1, tiled=True)
+    cand_sim = gather(local_sim)
+    cand_idx = gather(local_idx + jax.lax.axis_index(axes) * shard_rows)
+    cand_labels = gather(labels[local_idx])
+    top_sim, pos = jax.lax.top_k(cand_sim, k)
+    return (top_sim, jnp.take_along_axis(cand_idx, pos, axis=1),
+            jnp.take_along_axis(cand_labels, pos, axis=1))
+
+  rows, rep = P(axes), P()
+  # The outputs are merged from all-gathered candidates, hence equal on every device; jax's
+  # replication check cannot infer that through all_gather, so it is off.
+  neighbors = jax.shard_map(global_top_k, mesh=mesh, in_specs=(rows, rows, rows, rep),
+                            out_specs=(rep, rep, rep), check_vma=False)
+
+  def predict(bank, labels, valid, query, temperature):
+    top_sim, _, top_labels = neighbors(bank, labels, valid, query)
+    return _vote(top_sim, top_labels, temperature, num_classes)
+
+  return jax.jit(lambda *a: neighbors(*a)[:2]), jax.jit(predict)
+
+
+def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """``x`` (the same NumPy array on every process) as a global array with ``sharding``; each
+  process places only its own devices' slices, so this works across hosts."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _shard_bank(bank: np.ndarray, labels: np.ndarray, mesh: Mesh):
+  """The bank's rows padded to a multiple of the device count and split over all devices, with
+  its labels and a mask of the real rows; also the rows per device."""
+  if not isinstance(mesh, Mesh):
+    raise ValueError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+  num_rows = bank.shape[0]
+  pad = -num_rows % mesh.size
+  rows = NamedSharding(mesh, P(tuple(mesh.axis_names)))
+  bank = np.concatenate([bank, np.zeros((pad, bank.shape[1]), bank.dtype)])
+  labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+  valid = np.arange(num_rows + pad) < num_rows
+  return ([_global_array(a, rows) for a in (bank, labels, valid)],
+          (num_rows + pad) // mesh.size)
+
+
+def _replicated_chunk(mesh: Mesh):
+  rep = NamedSharding(mesh, P())
+  return lambda block: _global_array(np.asarray(block), rep)
 
 
 @jax.jit
@@ -137,13 +226,15 @@ def _chunked(fn, query: np.ndarray, batch_size: int, bank_size: int):
     valid = block.shape[0]
     if valid < chunk:
       block = np.concatenate([block, np.zeros((chunk - valid, block.shape[1]), block.dtype)])
-    outs.append((fn(jnp.asarray(block)), valid))  # dispatched asynchronously
+    outs.append((fn(block), valid))  # dispatched asynchronously
   return [jax.tree.map(lambda a, v=valid: np.asarray(a)[:v], out) for out, valid in outs]
 
 
-def nearest_neighbors(bank_features, query_features, *, k: int, batch_size: int = 1024):
+def nearest_neighbors(bank_features, query_features, *, k: int, batch_size: int = 1024,
+                      mesh: Mesh | None = None):
   """The ``k`` most cosine-similar bank rows of every query row.
 
+  With ``mesh``, the bank is sharded over all its devices (see the module docstring).
   Returns (similarities [M, k] float32 in descending order, indices [M, k] int64) as NumPy.
   """
   bank = _check_features(bank_features, "bank_features")
@@ -151,8 +242,17 @@ def nearest_neighbors(bank_features, query_features, *, k: int, batch_size: int 
   _check_query(query, bank)
   k = _check_k(k, bank.shape[0])
   batch_size = _check_batch_size(batch_size)
-  bank_n = _normalize_bank(jnp.asarray(bank))
-  outs = _chunked(lambda q: _neighbors_chunk(bank_n, q, k=k), query, batch_size, bank.shape[0])
+  if mesh is not None:
+    (bank_s, labels_s, valid_s), shard_rows = _shard_bank(
+        bank, np.zeros(bank.shape[0], np.int32), mesh)
+    neighbors_fn = _sharded_fns(mesh, k, 1)[0]
+    put = _replicated_chunk(mesh)
+    outs = _chunked(lambda q: neighbors_fn(bank_s, labels_s, valid_s, put(q)), query,
+                    batch_size, shard_rows)
+  else:
+    bank_n = _normalize_bank(jnp.asarray(bank))
+    outs = _chunked(lambda q: _neighbors_chunk(bank_n, q, k=k), query, batch_size,
+                    bank.shape[0])
   return (np.concatenate([s for s, _ in outs]),
           np.concatenate([i for _, i in outs]).astype(np.int64))
 
@@ -166,6 +266,7 @@ def knn_classify(
     k: int = 200,
     temperature: float = 0.1,
     batch_size: int = 1024,
+    mesh: Mesh | None = None,
 ) -> np.ndarray:
   """Weighted kNN predictions (Wu et al. 2018 / DINO ``eval_knn``) for each query row.
 
@@ -177,6 +278,8 @@ def knn_classify(
     k: number of neighbours, 1 <= k <= N.
     temperature: temperature of the vote weights exp(cos_sim / temperature), > 0.
     batch_size: queries per jitted chunk (the last chunk is padded to this size).
+    mesh: if given, the bank is sharded over all of its devices (every process must pass the
+      same arrays); the predictions are those of one device.
 
   Returns:
     [M] int64 NumPy array of predicted labels.
@@ -190,10 +293,17 @@ def knn_classify(
   if not np.isfinite(temperature) or temperature <= 0:
     raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
   batch_size = _check_batch_size(batch_size)
+  temp = jnp.float32(temperature)
+  if mesh is not None:
+    (bank_s, labels_s, valid_s), shard_rows = _shard_bank(bank, labels, mesh)
+    predict_fn = _sharded_fns(mesh, k, num_classes)[1]
+    put = _replicated_chunk(mesh)
+    outs = _chunked(lambda q: predict_fn(bank_s, labels_s, valid_s, put(q), temp), query,
+                    batch_size, shard_rows)
+    return np.concatenate(outs).astype(np.int64)
 
   bank_n = _normalize_bank(jnp.asarray(bank))
   bank_labels_j = jnp.asarray(labels)
-  temp = jnp.float32(temperature)
   outs = _chunked(lambda q: _knn_chunk(bank_n, bank_labels_j, q, temp, k=k,
                                        num_classes=num_classes), query, batch_size,
                   bank.shape[0])
@@ -210,6 +320,7 @@ def knn_accuracy(
     k: int = 200,
     temperature: float = 0.1,
     batch_size: int = 1024,
+    mesh: Mesh | None = None,
 ) -> float:
   """Top-1 accuracy in [0, 1] of :func:`knn_classify` against ``query_labels``."""
   num_classes = _check_num_classes(num_classes)
@@ -217,5 +328,5 @@ def knn_accuracy(
   q_labels = _check_labels(query_labels, "query_labels", query.shape[0], num_classes,
                            "query_features")
   preds = knn_classify(bank_features, bank_labels, query, num_classes=num_classes, k=k,
-                       temperature=temperature, batch_size=batch_size)
+                       temperature=temperature, batch_size=batch_size, mesh=mesh)
   return float(np.mean(preds == q_labels))

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from sslx.data.sources import stratified_split
-from sslx.evaluate.knn import _check_features, _check_labels, _check_num_classes
+from sslx.evaluate.knn import check_train_test
 
 try:  # optax >= 0.2.5
   _tree_get, _tree_norm = optax.tree.get, optax.tree.norm
@@ -212,17 +212,8 @@ def linear_probe(
     split, "num_iters": L-BFGS iterations of the final fit, "converged": whether it stopped on
     ``tol`` before ``max_iters``}``.
   """
-  num_classes = _check_num_classes(num_classes)
-  x_train = _check_features(train_features, "train_features")
-  x_test = _check_features(test_features, "test_features")
-  y_train = _check_labels(train_labels, "train_labels", x_train.shape[0], num_classes,
-                          "train_features")
-  y_test = _check_labels(test_labels, "test_labels", x_test.shape[0], num_classes,
-                         "test_features")
-  if x_test.shape[1] != x_train.shape[1]:
-    raise ValueError(
-        f"test_features has dim {x_test.shape[1]} but train_features has dim {x_train.shape[1]}"
-    )
+  num_classes, x_train, y_train, x_test, y_test = check_train_test(
+      train_features, train_labels, test_features, test_labels, num_classes)
   weight_decays = tuple(float(wd) for wd in weight_decays)
   if not weight_decays:
     raise ValueError("weight_decays must name at least one candidate")

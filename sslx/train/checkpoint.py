@@ -32,14 +32,18 @@ class Checkpointer:
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator)))
 
-  def restore(self, abstract_state, data_iterator, step: int | None = None):
-    """Restores the state (onto the shardings of `abstract_state`) and the iterator in place."""
+  def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+    """Restores the state (onto the shardings of `abstract_state`) and, when given, the input
+    iterator in place (evaluation needs the state only)."""
     step = self.latest_step() if step is None else step
     logging.info("Restoring checkpoint %d from %s", step, self.directory)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    return restored.state
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

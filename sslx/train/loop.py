@@ -16,7 +16,8 @@ from jax.experimental import multihost_utils
 from sslx import sharding
 from sslx.data import pipeline, sources
 from sslx.evaluate import features as features_lib
-from sslx.evaluate import knn, linear, report
+from sslx.evaluate import fewshot, knn, linear, report
+from sslx.evaluate import monitor as monitor_lib
 from sslx.train import optim
 from sslx.train.checkpoint import Checkpointer, abstract_like
 from sslx.train.metrics import MetricWriter
@@ -57,6 +58,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   for field in ("total_steps", "log_every", "checkpoint_every"):
     if config[field] < 1:
       raise ValueError(f"{field} must be >= 1, got {config[field]}")
+  if config.eval.every < 0:
+    raise ValueError(f"eval.every must be >= 0 (0: no monitor metrics), got {config.eval.every}")
   if config.eval.enabled:
     try:
       sharding.check_batch_divisible(config.eval.batch_size, mesh)
@@ -73,6 +76,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     multihost_utils.sync_global_devices("sslx: dataset prepared")
   train_source = sources.load_source(config.data.name, info.train_split, **source_kwargs)
   method = get_method(config)
+  if config.eval.get("online_probe", False):  # logs train/online_probe_top1 (augmented views)
+    from sslx.evaluate import online_probe
+    method = online_probe.with_online_probe(method, config)
   tx, schedule = optim.make_optimizer(config.optim, config.batch_size, config.total_steps)
 
   batch_sharding = sharding.batch_sharding(mesh)
@@ -80,23 +86,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data_iter = pipeline.train_iterator(train_source, global_batch_size=config.batch_size,
                                       seed=config.seed, worker_count=config.data.worker_count)
 
-  def init_state(rng):
-    init_rng, train_rng = jax.random.split(rng)
-    example = {"image": jnp.zeros((config.batch_size, *info.image_shape), jnp.uint8),
-               "label": jnp.zeros((config.batch_size,), jnp.int32)}
-    variables = dict(method.init(init_rng, example))
-    params = variables.pop("params")
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                      opt_state=tx.init(params), rng=train_rng,
-                      nonfinite_steps=jnp.zeros((), jnp.int32))
-
-  # Parameters carrying logical axis names (ViT) are sharded by config.mesh.rules (FSDP, tensor
-  # parallel); everything else, and every parameter under the default rules, is replicated.
-  abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
-  param_sharding = sharding.logical_shardings(abstract_state.params, method.param_axes, mesh,
-                                              rules)
-  state_sharding = sharding.state_shardings(abstract_state, abstract_state.params,
-                                            param_sharding, mesh)
+  init_state, state_sharding = state_initializer(config, method, tx, mesh, rules, info)
   state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
   checkpointer = Checkpointer(workdir, max_to_keep=config.max_checkpoints)
   if checkpointer.latest_step() is not None:
@@ -107,6 +97,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   writer = MetricWriter(workdir)
   is_main = jax.process_index() == 0
+  # Built by every process: the monitor's jitted function runs on the whole mesh.
+  monitor = (monitor_lib.build(config, method, mesh, info, source_kwargs)
+             if config.eval.every > 0 or config.eval.plots else None)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -124,15 +117,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
     done = step + 1
     is_log = done % config.log_every == 0 or done == config.total_steps
     is_checkpoint = done % config.checkpoint_every == 0 or done == config.total_steps
-    if is_log or is_checkpoint:
+    is_monitor = config.eval.every > 0 and (done % config.eval.every == 0
+                                            or done == config.total_steps)
+    if is_log or is_checkpoint or is_monitor:
       # Checked before every save, so a checkpoint never holds a step that went non-finite.
       fetched = jax.device_get(pending)
       bad = [done - len(fetched) + i + 1 for i, m in enumerate(fetched) if m["train/nonfinite"]]
       if bad:
         _stop_nonfinite(bad[0], checkpointer, writer, progress)
       pending = [] if is_log else fetched  # kept for the next log's averages
+    monitored = {}
+    if is_monitor:
+      t0 = time.perf_counter()
+      monitored = {f"monitor/{k}": v for k, v in monitor.metrics(state.variables).items()}
+      # Not training time: moved out of the images/s window.
+      last_log = (last_log[0], last_log[1] + time.perf_counter() - t0)
+      if not is_log:  # on a log step they join that step's record (one record per step)
+        writer.write(done, monitored)
     if is_log:
       summary = {k: np.mean([m[k] for m in fetched]) for k in fetched[-1]}
+      summary.update(monitored)
       now = time.perf_counter()
       if last_log[0] > start_step:  # the first window after a (re)start includes compilation
         summary["train/images_per_s"] = ((done - last_log[0]) * config.batch_size
@@ -151,6 +155,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if progress is not None:
     progress.close()
   writer.flush()
+  if config.eval.plots:
+    from sslx.evaluate import plots  # matplotlib is imported only when plots are written
+    plots.write_run_plots(workdir, monitor, state.variables)
 
   results = {}
   if config.eval.enabled:
@@ -167,6 +174,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
 # Fields that define the trajectory of a run: a resumed run must not change them.
 _RUN_DEFINING = ("experiment", "seed", "batch_size", "total_steps", "data.name", "model",
                  "projector", "augment", "loss", "optim")
+
+
+def state_initializer(config, method, tx, mesh, rules, info):
+  """(init_state(rng) -> TrainState, its shardings): the fresh state of a run, which is also
+  the target a checkpoint is restored onto."""
+
+  def init_state(rng):
+    init_rng, train_rng = jax.random.split(rng)
+    example = {"image": jnp.zeros((config.batch_size, *info.image_shape), jnp.uint8),
+               "label": jnp.zeros((config.batch_size,), jnp.int32)}
+    variables = dict(method.init(init_rng, example))
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                      opt_state=tx.init(params), rng=train_rng,
+                      nonfinite_steps=jnp.zeros((), jnp.int32))
+
+  # Parameters carrying logical axis names (ViT) are sharded by config.mesh.rules (FSDP, tensor
+  # parallel); everything else, and every parameter under the default rules, is replicated.
+  abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+  param_sharding = sharding.logical_shardings(abstract_state.params, method.param_axes, mesh,
+                                              rules)
+  state_sharding = sharding.state_shardings(abstract_state, abstract_state.params,
+                                            param_sharding, mesh)
+  return init_state, state_sharding
 
 
 def _check_same_run(config, workdir: str) -> None:
@@ -229,13 +260,43 @@ def evaluate(config, method, state, mesh, info, source_kwargs) -> dict:
   if "raw_pixels" in config.eval.baselines:
     candidates["raw pixels"] = features_lib.raw_pixel_features
 
-  rows = {name: evaluate_features(config, info, featurize, train_source, test_source, name)
+  rows = {name: evaluate_features(config, info, featurize, train_source, test_source, name,
+                                 mesh=mesh)
           for name, featurize in candidates.items()}
-  return {"rows": rows, "protocol": {
-      "knn": f"weighted kNN, cosine, k={config.eval.knn_k}, T={config.eval.knn_temperature}, "
-             "bank = train split, queries = test split",
-      "linear": "offline linear probe on frozen features (train split), test-split top-1"},
-      "dataset": config.data.name, "steps": int(state.step)}
+  return {"rows": rows, "protocol": describe_protocols(config),
+          "dataset": config.data.name, "steps": int(state.step)}
+
+
+def describe_protocols(config) -> dict[str, str]:
+  """The protocol behind each number of `evaluate`'s rows (knn_top1, linear_top1), so an
+  offline figure is never mistaken for an online one."""
+  def split(name, first):
+    return f"{name} split" + (f" (first {first})" if first else "")
+
+  train = split("train", config.eval.train_examples)
+  test = split("test", config.eval.test_examples)
+  extra = {}
+  if config.eval.online_probe:
+    extra["online_probe"] = ("online probe: linear classifier trained beside the method on "
+                             "stop-gradient encoder features of augmented training views "
+                             "(train/online_probe_top1 in metrics.jsonl; not an offline figure)")
+  if config.eval.label_fractions:
+    extra["linear@fraction"] = ("the offline linear probe fitted on a class-balanced, seeded "
+                                f"label fraction of the {train}, top-1 on the {test}")
+  if config.eval.fewshot:
+    extra["fewshot"] = (f"big_vision few-shot ridge regression to +-1 targets, "
+                        f"l2={fewshot.DEFAULT_L2_REG:g}, mean of {len(fewshot.DEFAULT_SEEDS)} "
+                        f"seeds, shots per class from the {train}, top-1 on the {test}")
+  return {
+      "knn": f"weighted kNN (InstDisc/DINO), cosine, k={config.eval.knn_k}, "
+             f"T={config.eval.knn_temperature}, frozen features, no augmentation, "
+             f"bank = {train}, queries = {test}",
+      "linear": "offline linear probe, multinomial logistic regression by L-BFGS on "
+                "standardised frozen features, no augmentation, weight decay chosen on a "
+                f"stratified 10% holdout of the {train}, refitted on all of it, top-1 on the "
+                f"{test}",
+      **extra,
+  }
 
 
 def eval_sources(config, info, source_kwargs):
@@ -248,20 +309,31 @@ def eval_sources(config, info, source_kwargs):
   return train_source, test_source
 
 
-def evaluate_features(config, info, featurize, train_source, test_source, name="") -> dict:
-  """One row of the evaluation: kNN (and with eval.linear_probe, linear-probe) top-1 of the
-  features `featurize(source) -> (features, labels)` gives, bank / probe fit on the train
-  source, scored on the test source."""
+def evaluate_features(config, info, featurize, train_source, test_source, name="", *,
+                      mesh=None) -> dict:
+  """One row of the evaluation: kNN (and with eval.linear_probe, linear-probe; with
+  eval.label_fractions, probes on label fractions; with eval.fewshot, few-shot probes) top-1 of
+  the features `featurize(source) -> (features, labels)` gives, bank / probe fit on the train
+  source, scored on the test source. With `mesh` the kNN bank is sharded over its devices."""
   t0 = time.perf_counter()
   train_x, train_y = featurize(train_source)
   test_x, test_y = featurize(test_source)
   row = {"knn_top1": knn.knn_accuracy(
       train_x, train_y, test_x, test_y, num_classes=info.num_classes,
-      k=config.eval.knn_k, temperature=config.eval.knn_temperature)}
+      k=config.eval.knn_k, temperature=config.eval.knn_temperature, mesh=mesh)}
   if config.eval.linear_probe:
     probe = linear.linear_probe(train_x, train_y, test_x, test_y,
                                 num_classes=info.num_classes, seed=config.seed)
     row["linear_top1"] = probe["top1"]
+  if config.eval.label_fractions:
+    fractions = fewshot.label_fraction_probes(
+        train_x, train_y, test_x, test_y, num_classes=info.num_classes,
+        fractions=tuple(config.eval.label_fractions), seed=config.seed)
+    row.update({k: v for k, v in fractions.items() if k.startswith("linear_top1@")})
+  if config.eval.fewshot:
+    shots = fewshot.fewshot_probe(train_x, train_y, test_x, test_y,
+                                  num_classes=info.num_classes)
+    row.update({f"fewshot_top1@{s}shot": v for s, v in shots["top1"].items()})
   row["feature_dim"] = int(train_x.shape[1])
   row["seconds"] = round(time.perf_counter() - t0, 1)
   logging.info("eval %s: %s", name, row)

@@ -8,6 +8,7 @@ from threadpoolctl import threadpool_limits
 
 from sslx.evaluate import knn_accuracy, knn_classify
 from sslx.evaluate.knn import nearest_neighbors
+from sslx.sharding import make_mesh_from
 
 
 def reference_knn(bank, bank_labels, query, num_classes, k, temperature):
@@ -82,10 +83,8 @@ def test_temperature_weights_change_the_vote():
   assert knn_classify(bank, labels, query, num_classes=3, k=3, temperature=10.0)[0] == 1
 
 
-def test_neighbour_sets_match_sklearn_cosine():
-  bank, _, query, _, _ = random_problem(7, n_bank=300, n_query=50, dim=24)
-  k = 15
-  sims, idx = nearest_neighbors(bank, query, k=k, batch_size=16)
+def assert_same_neighbours_as_sklearn(bank, query, sims, idx, k):
+  """The k neighbour sets and similarities equal scikit-learn's brute-force cosine search."""
   with threadpool_limits(1):
     nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(
         bank.astype(np.float64))
@@ -93,6 +92,13 @@ def test_neighbour_sets_match_sklearn_cosine():
   for row in range(query.shape[0]):
     assert set(idx[row]) == set(sk_idx[row])
   np.testing.assert_allclose(sims, 1.0 - dist, atol=1e-5)
+
+
+def test_neighbour_sets_match_sklearn_cosine():
+  bank, _, query, _, _ = random_problem(7, n_bank=300, n_query=50, dim=24)
+  k = 15
+  sims, idx = nearest_neighbors(bank, query, k=k, batch_size=16)
+  assert_same_neighbours_as_sklearn(bank, query, sims, idx, k)
   assert np.all(np.diff(sims, axis=1) <= 0)  # most similar first
 
 
@@ -167,3 +173,33 @@ def test_invalid_inputs_raise():
     knn_accuracy(bank, labels, query, qlabels[:-1], num_classes=c, k=3)
   with pytest.raises(ValueError, match="NaN"):
     knn_classify(np.where(bank > 1, np.nan, bank), labels, query, num_classes=c, k=3)
+
+
+def test_bank_sharded_over_the_mesh_matches_one_device_and_sklearn():
+  # 397 bank rows: not a multiple of 8, so the last device's shard is padded.
+  bank, bank_labels, query, query_labels, num_classes = random_problem(17, n_bank=397,
+                                                                       n_query=40)
+  mesh = make_mesh_from(("data",), (8,))
+  # k = 60 is more than a device's 50 rows; k = 397 is the whole bank.
+  for k, temperature in ((1, 0.1), (60, 0.5), (397, 0.1)):
+    got = knn_classify(bank, bank_labels, query, num_classes=num_classes, k=k,
+                       temperature=temperature, batch_size=16, mesh=mesh)
+    one_device = knn_classify(bank, bank_labels, query, num_classes=num_classes, k=k,
+                              temperature=temperature, batch_size=16)
+    np.testing.assert_array_equal(got, one_device)
+    expected, _, vote_gap = reference_knn(bank, bank_labels, query, num_classes, k, temperature)
+    if vote_gap > 1e-4:  # far from a tie in float32
+      np.testing.assert_array_equal(got, expected)
+  k = 30
+  sims, idx = nearest_neighbors(bank, query, k=k, batch_size=16, mesh=mesh)
+  one_sims, one_idx = nearest_neighbors(bank, query, k=k, batch_size=16)
+  np.testing.assert_array_equal(idx, one_idx)
+  np.testing.assert_allclose(sims, one_sims, atol=1e-6)
+  assert_same_neighbours_as_sklearn(bank, query, sims, idx, k)
+  # A 2-D mesh (the bank over data x fsdp) gives the same answer.
+  mesh_2d = make_mesh_from(("data", "fsdp"), (4, 2))
+  assert knn_accuracy(bank, bank_labels, query, query_labels, num_classes=num_classes, k=20,
+                      mesh=mesh_2d) == knn_accuracy(bank, bank_labels, query, query_labels,
+                                                    num_classes=num_classes, k=20)
+  with pytest.raises(ValueError, match="mesh"):
+    knn_classify(bank, bank_labels, query, num_classes=num_classes, k=3, mesh="data")

@@ -2,23 +2,13 @@
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
 from sslx.evaluate import format_table, linear_probe
 from sslx.evaluate.linear import fit_logistic_regression, stratified_split
 
 CANDIDATES = (0.0, 1e-5, 1e-4, 1e-3)
-
-
-@pytest.fixture(scope="module")
-def digits():
-  x, y = load_digits(return_X_y=True)
-  x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0,
-                                                      stratify=y)
-  return x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test
 
 
 @pytest.fixture(scope="module")

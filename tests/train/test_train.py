@@ -164,7 +164,7 @@ def _free_port():
 def test_two_processes_match_one_process_with_four_devices(fashion_mnist_dir, tmp_path):
   flags = ["--config.total_steps=4", "--config.eval.train_examples=1000",
            "--config.eval.test_examples=200", "--config.eval.linear_probe=False",
-           "--config.eval.baselines=()"]
+           "--config.eval.baselines=()", "--config.eval.every=2"]
   run_main(tmp_path / "one", fashion_mnist_dir, *flags, num_devices=4)
 
   port = _free_port()
@@ -181,6 +181,12 @@ def test_two_processes_match_one_process_with_four_devices(fashion_mnist_dir, tm
   one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
   assert len(one) == 4
   np.testing.assert_allclose(two, one, rtol=2e-5)
+  # The label-free monitor runs on the whole mesh: 2 hosts log what 1 host with 4 devices logs.
+  monitored = [[r["monitor/rankme"] for r in read_metrics(str(tmp_path / d))
+                if "monitor/rankme" in r] for d in ("one", "two")]
+  assert len(monitored[0]) == 2
+  np.testing.assert_allclose(monitored[1], monitored[0], rtol=1e-4)
+  # The kNN bank is sharded over both hosts' devices (evaluate passes the mesh).
   knn = [json.loads((tmp_path / d / "results.json").read_text())["rows"]["SSL encoder"]["knn_top1"]
          for d in ("one", "two")]
   assert knn[0] == pytest.approx(knn[1], abs=1 / 200)
