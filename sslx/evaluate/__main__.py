@@ -10,8 +10,9 @@ from sslx.evaluate import cli
 
 flags.DEFINE_string("workdir", None, "Workdir of a training run (config.json, checkpoints/).")
 flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
-flags.DEFINE_list("protocols", list(cli.PROTOCOLS),
-                  f"Comma-separated protocols among {', '.join(cli.PROTOCOLS)}.")
+flags.DEFINE_list("protocols", list(cli.DEFAULT_PROTOCOLS),
+                  f"Comma-separated protocols among {', '.join(cli.PROTOCOLS)} (the default: "
+                  f"all but {', '.join(cli.EXTRA_FEATURE_PROTOCOLS)}).")
 flags.DEFINE_string("output", None, "Where to write the results (default: DIR/results.json).")
 flags.DEFINE_bool("plots", True, "Write curves.png, spectrum.png and embedding_map.png into DIR.")
 flags.DEFINE_list("baselines", None, "Baselines evaluated with knn / linear, among "

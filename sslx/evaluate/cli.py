@@ -25,8 +25,13 @@ import os
 import ml_collections
 
 KNN_PROTOCOLS = ("knn", "linear")
-PROTOCOLS = KNN_PROTOCOLS + ("rankme", "lidar", "alpha_req", "alignment", "uniformity",
-                             "embedding_std")
+# Protocols on the same frozen features as kNN, off by default (they cost more): big_vision's
+# few-shot ridge probes and the linear probe on 1% / 10% label fractions (SimCLRv2).
+EXTRA_FEATURE_PROTOCOLS = ("fewshot", "label_fractions")
+LABEL_FRACTIONS = (0.01, 0.1)
+DEFAULT_PROTOCOLS = KNN_PROTOCOLS + ("rankme", "lidar", "alpha_req", "alignment", "uniformity",
+                                     "embedding_std")
+PROTOCOLS = DEFAULT_PROTOCOLS + EXTRA_FEATURE_PROTOCOLS
 BASELINES = ("random_encoder", "raw_pixels")
 
 
@@ -81,7 +86,7 @@ def checkpoint_step(checkpointer, workdir: str, step: int | None) -> int:
   return step
 
 
-def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=PROTOCOLS,
+def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFAULT_PROTOCOLS,
                         output: str | None = None, plots: bool = True,
                         baselines=None, distributed_auto_detect: bool = False) -> dict:
   """Runs `protocols` on checkpoint `step` (latest if None) of the run in `workdir`, writes
@@ -136,9 +141,11 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=PROT
   results = {"workdir": os.path.abspath(workdir), "experiment": config.experiment,
              "dataset": config.data.name, "steps": int(state.step), "protocols": list(protocols),
              "rows": {"SSL encoder": {}}, "protocol": {}}
-  if any(p in KNN_PROTOCOLS for p in protocols):
+  if any(p in KNN_PROTOCOLS + EXTRA_FEATURE_PROTOCOLS for p in protocols):
     eval_config = ml_collections.ConfigDict(config.to_dict())
     eval_config.eval.linear_probe = "linear" in protocols
+    eval_config.eval.fewshot = "fewshot" in protocols
+    eval_config.eval.label_fractions = LABEL_FRACTIONS if "label_fractions" in protocols else ()
     if baselines is not None:
       eval_config.eval.baselines = baselines
     knn_results = loop.evaluate(eval_config, method, state, mesh, info, source_kwargs)
@@ -148,6 +155,10 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=PROT
       results["rows"].setdefault(name, {}).update(row)
     results["protocol"].update({p: knn_results["protocol"][p] for p in KNN_PROTOCOLS
                                 if p in protocols})
+    if "fewshot" in protocols:
+      results["protocol"]["fewshot"] = knn_results["protocol"]["fewshot"]
+    if "label_fractions" in protocols:
+      results["protocol"]["label_fractions"] = knn_results["protocol"]["linear@fraction"]
   label_free = [p for p in protocols if p in monitor_lib.METRICS]
   monitor = None
   if label_free or plots:

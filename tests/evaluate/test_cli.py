@@ -25,7 +25,8 @@ def test_cli_results_equal_direct_evaluation_of_checkpoint(monitored_run, tmp_pa
   output = tmp_path / "out" / "results.json"
   result = subprocess.run(
       [sys.executable, "-m", "sslx.evaluate", f"--workdir={workdir}", "--step=3",
-       "--protocols=knn,linear,rankme,lidar", f"--output={output}", "--baselines=",
+       "--protocols=knn,linear,rankme,lidar,fewshot,label_fractions", f"--output={output}",
+       "--baselines=",
        "--noplots"], cwd=REPO, env=subprocess_env(8), capture_output=True, text=True,
       timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-4000:]
@@ -33,7 +34,8 @@ def test_cli_results_equal_direct_evaluation_of_checkpoint(monitored_run, tmp_pa
   assert results["steps"] == 3 and results["experiment"] == "simclr"
   assert list(results["rows"]) == ["SSL encoder"]  # --baselines= : none
   row = results["rows"]["SSL encoder"]
-  assert set(results["protocol"]) == {"knn", "linear", "rankme", "lidar"}
+  assert set(results["protocol"]) == {"knn", "linear", "rankme", "lidar", "fewshot",
+                                      "label_fractions"}
   assert "offline linear probe" in results["protocol"]["linear"]
   assert "RankMe" in results["protocol"]["rankme"]
   assert "LiDAR" in results["protocol"]["lidar"]
@@ -46,12 +48,21 @@ def test_cli_results_equal_direct_evaluation_of_checkpoint(monitored_run, tmp_pa
   method = loop.get_method(config)
   mesh = sharding.make_mesh(config.mesh)
   train_source, test_source = loop.eval_sources(config, info, source_kwargs)
+  with_extras = config.copy_and_resolve_references()
+  with with_extras.unlocked():
+    with_extras.eval.fewshot = True
+    with_extras.eval.label_fractions = cli.LABEL_FRACTIONS
   expected = loop.evaluate_features(
-      config, info, lambda s: features_lib.extract_features(
+      with_extras, info, lambda s: features_lib.extract_features(
           method.apply, variables, s, mesh=mesh, batch_size=config.eval.batch_size),
       train_source, test_source)
   assert row["knn_top1"] == pytest.approx(expected["knn_top1"], abs=1e-9)
   assert row["linear_top1"] == pytest.approx(expected["linear_top1"], abs=1e-9)
+  extras = [k for k in expected if "@" in k]
+  assert set(extras) == {"linear_top1@1%", "linear_top1@10%", "fewshot_top1@1shot",
+                         "fewshot_top1@5shot", "fewshot_top1@10shot", "fewshot_top1@25shot"}
+  for key in extras:
+    assert row[key] == pytest.approx(expected[key], abs=1e-9), key
   label_free = monitor_lib.build(config, method, mesh, info, source_kwargs).metrics(
       jax.device_put(variables))
   for name in ("rankme", "lidar"):
