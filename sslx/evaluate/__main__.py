@@ -13,6 +13,8 @@ flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the la
 flags.DEFINE_list("protocols", list(cli.DEFAULT_PROTOCOLS),
                   f"Comma-separated protocols among {', '.join(cli.PROTOCOLS)} (the default: "
                   f"all but {', '.join(cli.EXTRA_FEATURE_PROTOCOLS)}).")
+flags.DEFINE_list("label_fractions", [str(x) for x in cli.DEFAULT_LABEL_FRACTIONS],
+                  "Fractions of the labels of the label_fractions protocol.")
 flags.DEFINE_string("output", None, "Where to write the results (default: DIR/results.json).")
 flags.DEFINE_bool("plots", True, "Write curves.png, spectrum.png and embedding_map.png into DIR.")
 flags.DEFINE_list("baselines", None, "Baselines evaluated with knn / linear, among "

@@ -28,7 +28,7 @@ KNN_PROTOCOLS = ("knn", "linear")
 # Protocols on the same frozen features as kNN, off by default (they cost more): big_vision's
 # few-shot ridge probes and the linear probe on 1% / 10% label fractions (SimCLRv2).
 EXTRA_FEATURE_PROTOCOLS = ("fewshot", "label_fractions")
-LABEL_FRACTIONS = (0.01, 0.1)
+DEFAULT_LABEL_FRACTIONS = (0.01, 0.1)
 DEFAULT_PROTOCOLS = KNN_PROTOCOLS + ("rankme", "lidar", "alpha_req", "alignment", "uniformity",
                                      "embedding_std")
 PROTOCOLS = DEFAULT_PROTOCOLS + EXTRA_FEATURE_PROTOCOLS
@@ -88,7 +88,8 @@ def checkpoint_step(checkpointer, workdir: str, step: int | None) -> int:
 
 def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFAULT_PROTOCOLS,
                         output: str | None = None, plots: bool = True,
-                        baselines=None, distributed_auto_detect: bool = False) -> dict:
+                        baselines=None, distributed_auto_detect: bool = False,
+                        label_fractions=DEFAULT_LABEL_FRACTIONS) -> dict:
   """Runs `protocols` on checkpoint `step` (latest if None) of the run in `workdir`, writes
   the results (to `output`, default `workdir/results.json`) and, with `plots`, the pictures.
 
@@ -145,7 +146,8 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
     eval_config = ml_collections.ConfigDict(config.to_dict())
     eval_config.eval.linear_probe = "linear" in protocols
     eval_config.eval.fewshot = "fewshot" in protocols
-    eval_config.eval.label_fractions = LABEL_FRACTIONS if "label_fractions" in protocols else ()
+    eval_config.eval.label_fractions = (tuple(float(x) for x in label_fractions)
+                                        if "label_fractions" in protocols else ())
     if baselines is not None:
       eval_config.eval.baselines = baselines
     knn_results = loop.evaluate(eval_config, method, state, mesh, info, source_kwargs)
@@ -191,7 +193,8 @@ def main(argv):
   try:
     results = evaluate_checkpoint(f.workdir, step=f.step, protocols=f.protocols,
                                   output=f.output, plots=f.plots, baselines=f.baselines,
-                                  distributed_auto_detect=f.distributed_auto_detect)
+                                  distributed_auto_detect=f.distributed_auto_detect,
+                                  label_fractions=f.label_fractions)
   except FlagError as e:
     raise app.UsageError(str(e)) from None
   from sslx.evaluate import report
