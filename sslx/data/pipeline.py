@@ -87,6 +87,25 @@ def _shuffle_seed(seed: int) -> int:
   return int(np.random.SeedSequence(int(seed)).generate_state(1, dtype=np.uint32)[0])
 
 
+class Subset:
+  """The examples of `source` at `indices` (the first n for a quick evaluation, a label
+  fraction), as a random-access source."""
+
+  def __init__(self, source: Any, indices):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, index):
+    if not 0 <= index < len(self.indices):
+      raise IndexError(index)
+    return self.source[int(self.indices[index])]
+
+  def __getitems__(self, indices):
+    return read_examples(self.source, self.indices[np.asarray(indices, np.int64)])
+
+
 def read_examples(source: Any, indices) -> list:
   """The examples at `indices`, read in one call where the source supports it (tfds array_record
   sources read a batch ~5x faster through `__getitems__` than one record at a time)."""

@@ -46,22 +46,6 @@ def default_optim_config(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
-class Subset:
-  """The examples of ``source`` at ``indices`` (e.g. a label fraction), as a source."""
-
-  def __init__(self, source, indices):
-    self.source, self.indices = source, np.asarray(indices, np.int64)
-
-  def __len__(self):
-    return len(self.indices)
-
-  def __getitem__(self, index):
-    return self.source[int(self.indices[index])]
-
-  def __getitems__(self, indices):
-    return pipeline.read_examples(self.source, self.indices[np.asarray(indices, np.int64)])
-
-
 def labels_of(source) -> np.ndarray:
   """Every label of ``source`` (reads the examples once)."""
   return np.asarray([e["label"] for e in pipeline.read_examples(source, range(len(source)))],
@@ -139,8 +123,8 @@ def finetune(
       raise ValueError(f"{name} must be a positive int, got {value!r}")
   sharding.check_batch_divisible(batch_size, mesh)
   if fraction is not None:
-    train_source = Subset(train_source, sources.label_fraction(labels_of(train_source), fraction,
-                                                               seed))
+    kept = sources.label_fraction(labels_of(train_source), fraction, seed)
+    train_source = pipeline.Subset(train_source, kept)
   optim_config = default_optim_config() if optim_config is None else optim_config
   if optim_config.warmup_steps < 0:
     optim_config = default_optim_config(**{**optim_config.to_dict(),

@@ -340,20 +340,6 @@ def evaluate_features(config, info, featurize, train_source, test_source, name="
   return row
 
 
-class _First:
-  """The first n examples of a random-access source (for quick evaluations)."""
-
-  def __init__(self, source, n: int):
-    self.source, self.n = source, n
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, index):
-    if not 0 <= index < self.n:
-      raise IndexError(index)
-    return self.source[index]
-
-
 def _first(source, n: int):
-  return _First(source, n) if 0 < n < len(source) else source
+  """The first n examples of `source` (all of them when n is 0 or too large)."""
+  return pipeline.Subset(source, np.arange(n)) if 0 < n < len(source) else source
