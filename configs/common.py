@@ -21,6 +21,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 500
   c.max_checkpoints = 3
+  # An unreadable newest checkpoint stops the resume with an error naming it; True moves it to
+  # checkpoints_unreadable/ and resumes from the newest earlier one that restores.
+  c.checkpoint_fallback = False
+  # A step with a NaN / inf loss or gradient is never applied; "stop" ends the run there (the
+  # last good checkpoint kept), "skip" goes on and counts it (train/nonfinite_steps).
+  c.nonfinite_policy = "stop"
   c.progress_bar = True
 
   c.data = ml_collections.ConfigDict()

@@ -115,7 +115,7 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
   from sslx import sharding
   from sslx.data import sources
   from sslx.evaluate import monitor as monitor_lib
-  from sslx.train import loop, optim
+  from sslx.train import loop
   from sslx.train.checkpoint import Checkpointer
 
   checkpointer = Checkpointer(workdir)
@@ -124,18 +124,12 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
     config.distributed.auto_detect = bool(distributed_auto_detect)
     sharding.initialize_distributed(config.distributed)
     mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.get_rules(config.mesh)
     info = sources.get_dataset_info(config.data.name)
     source_kwargs = {"data_dir": config.data.data_dir or None,
                      "source_dir": config.data.source_dir or None,
                      "allow_download": config.data.allow_download}
     method = loop.get_method(config)
-    tx, _ = optim.make_optimizer(config.optim, config.batch_size, config.total_steps)
-    init_state, state_sharding = loop.state_initializer(config, method, tx, mesh, rules, info)
-    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract, state_sharding)
-    state = checkpointer.restore(abstract, step=step)  # the state alone, not the iterator
+    state = loop.restore_onto_mesh(config, method, checkpointer, mesh, step)
   finally:
     checkpointer.close()
 

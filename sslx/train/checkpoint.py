@@ -8,6 +8,11 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+
+class UnreadableCheckpointError(RuntimeError):
+  """A checkpoint cannot be restored (truncated, corrupted, or files missing)."""
 
 
 class Checkpointer:
@@ -32,15 +37,63 @@ class Checkpointer:
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator)))
 
+  def step_path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def restore(self, abstract_state, data_iterator=None, step: int | None = None):
     """Restores the state (onto the shardings of `abstract_state`) and, when given, the input
-    iterator in place (evaluation needs the state only)."""
+    iterator in place (evaluation needs the state only). Raises UnreadableCheckpointError
+    naming the checkpoint when it cannot be read."""
     step = self.latest_step() if step is None else step
     logging.info("Restoring checkpoint %d from %s", step, self.directory)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+    except Exception as e:  # orbax, tensorstore, json and OS errors all mean "cannot read it"
+      raise UnreadableCheckpointError(
+          f"checkpoint {self.step_path(step)} (step {step}) cannot be restored: "
+          f"{type(e).__name__}: {str(e)[:500]}") from e
+
+  def restore_for_resume(self, abstract_state, data_iterator, *, fallback: bool):
+    """Restores the newest checkpoint to continue training.
+
+    An unreadable newest checkpoint is an error that names it (never a silent restart from
+    scratch over existing work). With `fallback`, it is moved to `checkpoints_unreadable/<step>`
+    (kept for inspection, and out of the way of the step's next save) and the next older one is
+    tried, until one restores.
+    """
+    while True:
+      step = self.latest_step()
+      try:
+        return self.restore(abstract_state, data_iterator, step)
+      except UnreadableCheckpointError as e:
+        older = [s for s in self.all_steps() if s < step]
+        if not fallback:
+          hint = (f"rerun with --config.checkpoint_fallback=True to resume from step {older[-1]} "
+                  "(the unreadable checkpoint is then moved aside, not deleted)" if older else
+                  "there is no earlier checkpoint to fall back to; move the workdir aside to "
+                  "start again")
+          raise UnreadableCheckpointError(f"{e}; {hint}") from e.__cause__
+        moved = self._move_aside(step)
+        if not older:
+          raise UnreadableCheckpointError(
+              f"{e}; moved to {moved}; no earlier checkpoint is left to fall back to") from None
+        logging.warning("%s; moved to %s; falling back to step %d", e, moved, older[-1])
+
+  def _move_aside(self, step: int) -> str:
+    target_dir = self.directory + "_unreadable"
+    target = os.path.join(target_dir, str(step))
+    if jax.process_index() == 0:  # one shared file system: one process renames
+      os.makedirs(target_dir, exist_ok=True)
+      if os.path.exists(target):  # an earlier fallback moved this step already
+        target = f"{target}.{len(os.listdir(target_dir))}"
+      os.rename(self.step_path(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"sslx: checkpoint {step} moved aside")
+    self.manager.reload()
+    return target
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

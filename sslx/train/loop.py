@@ -21,12 +21,19 @@ from sslx.evaluate import monitor as monitor_lib
 from sslx.train import optim
 from sslx.train.checkpoint import Checkpointer, abstract_like
 from sslx.train.metrics import MetricWriter
+from sslx.train.preemption import PreemptionWatch
 from sslx.train.state import TrainState
 from sslx.train.step import make_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or gradient became NaN or inf; the run stops with its last good checkpoint."""
+
+
+# What a step whose loss, gradient or update is NaN / inf does (its update is never applied):
+# "stop" the run (raising NonFiniteLossError, the last good checkpoint kept), or "skip" it,
+# counted in train/nonfinite_steps and logged with its step.
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def get_method(config):
@@ -58,6 +65,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   for field in ("total_steps", "log_every", "checkpoint_every"):
     if config[field] < 1:
       raise ValueError(f"{field} must be >= 1, got {config[field]}")
+  if config.nonfinite_policy not in NONFINITE_POLICIES:
+    raise ValueError(f"nonfinite_policy must be one of {NONFINITE_POLICIES}, got "
+                     f"{config.nonfinite_policy!r}")
   if config.eval.every < 0:
     raise ValueError(f"eval.every must be >= 0 (0: no monitor metrics), got {config.eval.every}")
   if config.eval.enabled:
@@ -90,7 +100,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
   checkpointer = Checkpointer(workdir, max_to_keep=config.max_checkpoints)
   if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(abstract_like(state), data_iter)
+    state = checkpointer.restore_for_resume(abstract_like(state), data_iter,
+                                            fallback=config.checkpoint_fallback)
   start_step = int(state.step)
   train_step = make_train_step(method, tx, schedule, state_sharding=state_sharding,
                                batch_sharding=batch_sharding, metric_sharding=replicated)
@@ -109,22 +120,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress = tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step",
                     dynamic_ncols=True)
 
+  preemption = PreemptionWatch()
+  preempted = False
   pending, last_log = [], (start_step, time.perf_counter())
   for step in range(start_step, config.total_steps):
     batch = pipeline.to_global_batch(next(data_iter), batch_sharding)
     state, metrics = train_step(state, batch)
     pending.append(metrics)  # stays on device until the next log
     done = step + 1
-    is_log = done % config.log_every == 0 or done == config.total_steps
-    is_checkpoint = done % config.checkpoint_every == 0 or done == config.total_steps
+    preempted = preemption.reached(done)
+    is_log = done % config.log_every == 0 or done == config.total_steps or preempted
+    is_checkpoint = (done % config.checkpoint_every == 0 or done == config.total_steps
+                     or preempted)
     is_monitor = config.eval.every > 0 and (done % config.eval.every == 0
                                             or done == config.total_steps)
     if is_log or is_checkpoint or is_monitor:
       # Checked before every save, so a checkpoint never holds a step that went non-finite.
       fetched = jax.device_get(pending)
       bad = [done - len(fetched) + i + 1 for i, m in enumerate(fetched) if m["train/nonfinite"]]
-      if bad:
+      if bad and config.nonfinite_policy == "stop":
+        preemption.close()
         _stop_nonfinite(bad[0], checkpointer, writer, progress)
+      if bad:
+        logging.warning("non-finite loss or gradient at step(s) %s: update skipped "
+                        "(nonfinite_policy=skip; %d skipped so far)", bad,
+                        int(state.nonfinite_steps))
       pending = [] if is_log else fetched  # kept for the next log's averages
     monitored = {}
     if is_monitor:
@@ -142,6 +162,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         summary["train/images_per_s"] = ((done - last_log[0]) * config.batch_size
                                          / (now - last_log[1]))
       summary["train/epoch"] = done * config.batch_size / len(train_source)
+      summary["train/nonfinite_steps"] = int(state.nonfinite_steps)  # since step 0
       last_log = (done, now)
       writer.write(done, summary)
       if progress is not None:
@@ -150,11 +171,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
         progress.update(done - progress.n)
     if is_checkpoint:
       checkpointer.save(done, state, data_iter)
+    if preempted:
+      break
+  preemption.close()
   checkpointer.wait()
   data_iter.close()  # stops grain's worker processes and frees their shared memory
   if progress is not None:
     progress.close()
   writer.flush()
+  if preempted:
+    logging.warning("preempted: checkpoint %d saved in %s; the same command resumes the run",
+                    done, checkpointer.directory)
+    writer.close()
+    checkpointer.close()
+    return {"state": state, "preempted": True}
   if config.eval.plots:
     from sslx.evaluate import plots  # matplotlib is imported only when plots are written
     plots.write_run_plots(workdir, monitor, state.variables)
@@ -198,6 +228,22 @@ def state_initializer(config, method, tx, mesh, rules, info):
   state_sharding = sharding.state_shardings(abstract_state, abstract_state.params,
                                             param_sharding, mesh)
   return init_state, state_sharding
+
+
+def restore_onto_mesh(config, method, checkpointer, mesh, step: int | None = None):
+  """The train state saved at `step` (latest if None) restored onto `mesh` with the run's
+  shardings, without the input iterator. orbax reshards: a checkpoint written by any number of
+  processes and devices restores onto any mesh the config's rules fit (evaluation, fine-tuning,
+  or inspecting a pod run on one host)."""
+  rules = sharding.get_rules(config.mesh)
+  sharding.check_rules_fit_mesh(rules, mesh)
+  info = sources.get_dataset_info(config.data.name)
+  tx, _ = optim.make_optimizer(config.optim, config.batch_size, config.total_steps)
+  init_state, state_sharding = state_initializer(config, method, tx, mesh, rules, info)
+  abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, state_sharding)
+  return checkpointer.restore(abstract, step=step)
 
 
 def _check_same_run(config, workdir: str) -> None:

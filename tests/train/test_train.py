@@ -1,14 +1,11 @@
 """End-to-end training on the real Fashion-MNIST (smoke config): logging, checkpoints, results,
-equality on 1 and 8 devices, exact resume after SIGKILL, and 2 processes equal to 1."""
+equality on 1 and 8 devices, exact resume, and bad settings refused before any compute
+(faults: test_faults.py; several processes: test_multihost.py)."""
 
 import json
 import os
-import signal
-import socket
 import struct
 import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -16,8 +13,7 @@ import pytest
 
 from sslx.train import loop
 from sslx.train.metrics import read_metrics
-from tests.train.helpers import (REPO, main_command, restore_state, run_main, smoke_config,
-                                 subprocess_env)
+from tests.train.helpers import REPO, main_command, run_main, smoke_config, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -127,115 +123,6 @@ def test_vit_backbone_sharded_by_fsdp_rules_matches_replicated(fashion_mnist_dir
   np.testing.assert_allclose(np.asarray(kernel), np.asarray(replicated), rtol=1e-4, atol=1e-6)
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(fashion_mnist_dir, tmp_path):
-  flags = ["--config.total_steps=120", "--config.checkpoint_every=10",
-           "--config.eval.enabled=False"]
-  run_main(tmp_path / "straight", fashion_mnist_dir, *flags)
-
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen(main_command(killed, fashion_mnist_dir, *flags), cwd=REPO,
-                          env=subprocess_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "10").exists():
-    assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait() == -signal.SIGKILL
-  assert not (killed / "checkpoints" / "120").exists()  # it really stopped part-way
-
-  run_main(killed, fashion_mnist_dir, *flags)
-  step_a, a = restore_state(str(tmp_path / "straight"))
-  step_b, b = restore_state(str(killed))
-  assert step_a == step_b == 120
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b) > 10
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(x, y)
-  np.testing.assert_array_equal(_losses(tmp_path / "straight"), _losses(killed))
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def test_two_processes_match_one_process_with_four_devices(fashion_mnist_dir, tmp_path):
-  flags = ["--config.total_steps=4", "--config.eval.train_examples=1000",
-           "--config.eval.test_examples=200", "--config.eval.linear_probe=False",
-           "--config.eval.baselines=()", "--config.eval.every=2"]
-  run_main(tmp_path / "one", fashion_mnist_dir, *flags, num_devices=4)
-
-  port = _free_port()
-  procs = [subprocess.Popen(
-      main_command(tmp_path / "two", fashion_mnist_dir, *flags,
-                   f"--config.distributed.coordinator_address=localhost:{port}",
-                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
-      cwd=REPO, env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, o in zip(procs, outputs):
-    assert p.returncode == 0, o[-4000:]
-
-  one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-  assert len(one) == 4
-  np.testing.assert_allclose(two, one, rtol=2e-5)
-  # The label-free monitor runs on the whole mesh: 2 hosts log what 1 host with 4 devices logs.
-  monitored = [[r["monitor/rankme"] for r in read_metrics(str(tmp_path / d))
-                if "monitor/rankme" in r] for d in ("one", "two")]
-  assert len(monitored[0]) == 2
-  np.testing.assert_allclose(monitored[1], monitored[0], rtol=1e-4)
-  # The kNN bank is sharded over both hosts' devices (evaluate passes the mesh).
-  knn = [json.loads((tmp_path / d / "results.json").read_text())["rows"]["SSL encoder"]["knn_top1"]
-         for d in ("one", "two")]
-  assert knn[0] == pytest.approx(knn[1], abs=1 / 200)
-  # Both processes wrote their part of the checkpoint (the grain iterator state is per process).
-  saved = set(os.listdir(tmp_path / "two" / "checkpoints" / "4" / "data"))
-  assert {"process_0-of-2.json", "process_1-of-2.json"} <= saved
-
-
-def _simclr_that_diverges_at_step(bad_step):
-  """SimCLR whose loss becomes NaN from its `bad_step`-th update on (a counter kept in the
-  method's non-trainable state, as EMA teachers and queues are)."""
-  import types
-
-  import jax.numpy as jnp
-
-  from experiments import simclr
-  from sslx.method import Method
-
-  def get_method(config):
-    base = simclr.get_method(config)
-
-    def init(rng, batch):
-      return {**base.init(rng, batch), "updates": jnp.zeros((), jnp.int32)}
-
-    def loss(params, variables, batch, rng):
-      value, aux = base.loss(params, variables, batch, rng)
-      value = jnp.where(variables["updates"] + 1 >= bad_step, jnp.nan, value)
-      return value, {**aux, "state": {**aux["state"], "updates": variables["updates"] + 1}}
-
-    return Method(init=init, apply=base.apply, loss=loss)
-
-  return types.SimpleNamespace(get_method=get_method)
-
-
-def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_dir, tmp_path,
-                                                                  monkeypatch):
-  monkeypatch.setitem(sys.modules, "experiments.diverges_at_4", _simclr_that_diverges_at_step(4))
-  config = smoke_config(fashion_mnist_dir, **{
-      "experiment": "diverges_at_4", "checkpoint_every": 1, "log_every": 2, "total_steps": 10,
-      "eval.enabled": False})
-  with pytest.raises(loop.NonFiniteLossError, match=r"NaN/inf at step 4\b") as info:
-    loop.train_and_evaluate(config, str(tmp_path))
-  assert "last good checkpoint (step 3)" in str(info.value)
-  step, state = restore_state(str(tmp_path))
-  assert step == 3
-  assert int(state["model_state"]["updates"]) == 3
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
-
-
 @pytest.mark.parametrize("overrides, match", [
     ({"batch_size": 12}, "batch_size=12 must be divisible by the 8 devices"),
     ({"data.name": "imagenet3000"}, "imagenet3000"),
@@ -249,6 +136,15 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_d
     ({"mesh.rules": "fsdp"}, r"mesh axes \['fsdp'\], but mesh.axes is \('data',\)"),
     ({"mesh.axes": ("data", "model"), "mesh.shape": (4, 2)}, "shard nothing over it"),
     ({"model.name": "convnext"}, "model.name must be one of"),
+    # Images the model cannot take: 28-pixel Fashion-MNIST crops into 5-pixel ViT patches.
+    ({"model.name": "vit", "model.vit.patch_size": 5},
+     r"patch_size must be positive and divide image_size; got patch_size=5, "
+     r"image_size=\(28, 28\)"),
+    ({"optim.name": "lamb"}, "optim.name must be one of"),
+    ({"optim.lr": 0.0}, "optim.lr must be > 0, got 0.0"),
+    ({"optim.warmup_steps": 6}, r"optim.warmup_steps must be in \[0, total_steps\), got 6"),
+    ({"optim.momentum": 1.0}, r"optim.momentum must be in \[0, 1\)"),
+    ({"nonfinite_policy": "ignore"}, "nonfinite_policy must be one of"),
 ])
 def test_bad_config_values_fail_before_training(fashion_mnist_dir, tmp_path, overrides, match):
   config = smoke_config(fashion_mnist_dir, **overrides)
