@@ -49,6 +49,9 @@ def get_method(config):
 
 
 def _check_workdir(workdir: str) -> None:
+  if "://" in workdir:  # os.makedirs would quietly create a local "gs:" directory
+    raise ValueError(f"--workdir {workdir!r}: URLs are not supported yet; use a directory every "
+                     "host sees (NFS, Lustre, a GCSFuse mount)")
   os.makedirs(workdir, exist_ok=True)
   if not os.access(workdir, os.W_OK):
     raise PermissionError(f"--workdir {workdir!r} is not writable")
