@@ -123,60 +123,59 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress = tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step",
                     dynamic_ncols=True)
 
-  preemption = PreemptionWatch()
   preempted = False
-  pending, last_log = [], (start_step, time.perf_counter())
-  for step in range(start_step, config.total_steps):
-    batch = pipeline.to_global_batch(next(data_iter), batch_sharding)
-    state, metrics = train_step(state, batch)
-    pending.append(metrics)  # stays on device until the next log
-    done = step + 1
-    preempted = preemption.reached(done)
-    is_log = done % config.log_every == 0 or done == config.total_steps or preempted
-    is_checkpoint = (done % config.checkpoint_every == 0 or done == config.total_steps
-                     or preempted)
-    is_monitor = config.eval.every > 0 and (done % config.eval.every == 0
-                                            or done == config.total_steps)
-    if is_log or is_checkpoint or is_monitor:
-      # Checked before every save, so a checkpoint never holds a step that went non-finite.
-      fetched = jax.device_get(pending)
-      bad = [done - len(fetched) + i + 1 for i, m in enumerate(fetched) if m["train/nonfinite"]]
-      if bad and config.nonfinite_policy == "stop":
-        preemption.close()
-        _stop_nonfinite(bad[0], checkpointer, writer, progress)
-      if bad:
-        logging.warning("non-finite loss or gradient at step(s) %s: update skipped "
-                        "(nonfinite_policy=skip; %d skipped so far)", bad,
-                        int(state.nonfinite_steps))
-      pending = [] if is_log else fetched  # kept for the next log's averages
-    monitored = {}
-    if is_monitor:
-      t0 = time.perf_counter()
-      monitored = {f"monitor/{k}": v for k, v in monitor.metrics(state.variables).items()}
-      # Not training time: moved out of the images/s window.
-      last_log = (last_log[0], last_log[1] + time.perf_counter() - t0)
-      if not is_log:  # on a log step they join that step's record (one record per step)
-        writer.write(done, monitored)
-    if is_log:
-      summary = {k: np.mean([m[k] for m in fetched]) for k in fetched[-1]}
-      summary.update(monitored)
-      now = time.perf_counter()
-      if last_log[0] > start_step:  # the first window after a (re)start includes compilation
-        summary["train/images_per_s"] = ((done - last_log[0]) * config.batch_size
-                                         / (now - last_log[1]))
-      summary["train/epoch"] = done * config.batch_size / len(train_source)
-      summary["train/nonfinite_steps"] = int(state.nonfinite_steps)  # since step 0
-      last_log = (done, now)
-      writer.write(done, summary)
-      if progress is not None:
-        progress.set_postfix(loss=f"{summary['train/loss']:.4f}",
-                             img_s=f"{summary.get('train/images_per_s', 0):.0f}")
-        progress.update(done - progress.n)
-    if is_checkpoint:
-      checkpointer.save(done, state, data_iter)
-    if preempted:
-      break
-  preemption.close()
+  # SIGTERM handler installed for the loop only (given back even when the loop raises).
+  with PreemptionWatch() as preemption:
+    pending, last_log = [], (start_step, time.perf_counter())
+    for step in range(start_step, config.total_steps):
+      batch = pipeline.to_global_batch(next(data_iter), batch_sharding)
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)  # stays on device until the next log
+      done = step + 1
+      preempted = preemption.reached(done)
+      is_log = done % config.log_every == 0 or done == config.total_steps or preempted
+      is_checkpoint = (done % config.checkpoint_every == 0 or done == config.total_steps
+                       or preempted)
+      is_monitor = config.eval.every > 0 and (done % config.eval.every == 0
+                                              or done == config.total_steps)
+      if is_log or is_checkpoint or is_monitor:
+        # Checked before every save, so a checkpoint never holds a step that went non-finite.
+        fetched = jax.device_get(pending)
+        bad = [done - len(fetched) + i + 1 for i, m in enumerate(fetched) if m["train/nonfinite"]]
+        if bad and config.nonfinite_policy == "stop":
+          _stop_nonfinite(bad[0], checkpointer, writer, progress)
+        if bad:
+          logging.warning("non-finite loss or gradient at step(s) %s: update skipped "
+                          "(nonfinite_policy=skip; %d skipped so far)", bad,
+                          int(state.nonfinite_steps))
+        pending = [] if is_log else fetched  # kept for the next log's averages
+      monitored = {}
+      if is_monitor:
+        t0 = time.perf_counter()
+        monitored = {f"monitor/{k}": v for k, v in monitor.metrics(state.variables).items()}
+        # Not training time: moved out of the images/s window.
+        last_log = (last_log[0], last_log[1] + time.perf_counter() - t0)
+        if not is_log:  # on a log step they join that step's record (one record per step)
+          writer.write(done, monitored)
+      if is_log:
+        summary = {k: np.mean([m[k] for m in fetched]) for k in fetched[-1]}
+        summary.update(monitored)
+        now = time.perf_counter()
+        if last_log[0] > start_step:  # the first window after a (re)start includes compilation
+          summary["train/images_per_s"] = ((done - last_log[0]) * config.batch_size
+                                           / (now - last_log[1]))
+        summary["train/epoch"] = done * config.batch_size / len(train_source)
+        summary["train/nonfinite_steps"] = int(state.nonfinite_steps)  # since step 0
+        last_log = (done, now)
+        writer.write(done, summary)
+        if progress is not None:
+          progress.set_postfix(loss=f"{summary['train/loss']:.4f}",
+                               img_s=f"{summary.get('train/images_per_s', 0):.0f}")
+          progress.update(done - progress.n)
+      if is_checkpoint:
+        checkpointer.save(done, state, data_iter)
+      if preempted:
+        break
   checkpointer.wait()
   data_iter.close()  # stops grain's worker processes and frees their shared memory
   if progress is not None:
