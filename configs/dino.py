@@ -46,10 +46,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # DINO's use_bn_in_head: without BN the head's outputs start alike for every image (its
     # N(0, 0.02) init) and a few hundred steps were not enough to spread them.
     c.head.norm = "batch"
-    c.loss.warmup_teacher_temp_steps = 100
+    # A sharp teacher from the start and a higher rate: at lr 1.0 with the teacher temperature
+    # warmed 0.04 -> 0.07 over 100 steps the table's row (200 steps) was at the random
+    # encoder's kNN (75.7 vs 75.4). 200 steps, kNN / linear top-1 on the first 10k train / 2k
+    # test images (random encoder 74.8 / 78.0): teacher 0.04 constant and lr 4.0: 77.8 / 78.7
+    # (the two changes were measured together only).
+    c.loss.teacher_temp = 0.04
+    c.loss.warmup_teacher_temp_steps = 0
     c.loss.freeze_last_layer_steps = 20
     c.optim.name = "lars"
-    c.optim.lr = 1.0
+    c.optim.lr = 4.0
     c.optim.weight_decay = 1e-6
     c.optim.warmup_steps = 30
     c.ema = common.ema_config(base=0.99, reference_batch_size=256)
