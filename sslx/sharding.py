@@ -301,25 +301,46 @@ def param_shardings(tree: Any, mesh: Mesh, rules: Any, *, strict: bool = False) 
 
 
 def state_shardings(state: Any, params: Any, param_sharding: Any, mesh: Mesh) -> Any:
-  """Shardings for a whole train state: every subtree shaped like `params` (the parameters
-  themselves, optimizer moments, an EMA teacher) gets `param_sharding`; every other leaf (step
+  """Shardings for a whole train state: a leaf whose path ends with a parameter's full path and
+  has its shape gets that parameter's sharding, which covers the parameters themselves, the
+  optimizer moments (`opt_state/.../mu/encoder/...`) and EMA teachers holding any part of the
+  parameters (`model_state/teacher/encoder/...`, without the predictor); every other leaf (step
   counter, RNG key, scalars, BatchNorm statistics) is replicated.
 
   `state` and `params` may be abstract (`jax.eval_shape`), so the shardings are known before
   anything is allocated: `jax.jit(init, out_shardings=state_shardings(...))` then creates
   each parameter directly in its slices.
   """
-  treedef = jax.tree.structure(params)
-  shapes = [np.shape(x) for x in jax.tree.leaves(params)]
-
-  def like_params(x):
-    if jax.tree.structure(x) != treedef:
-      return False
-    return [np.shape(leaf) for leaf in jax.tree.leaves(x)] == shapes
-
+  by_path = {}
+  for (path, leaf), spec in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                jax.tree.leaves(param_sharding)):
+    by_path[_plain_path(path)] = (np.shape(leaf), spec)
+  longest = max((len(p) for p in by_path), default=0)
   rep = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: param_sharding if like_params(x) else rep, state,
-                      is_leaf=like_params)
+
+  def sharding_of(path, leaf):
+    path = _plain_path(path)
+    for start in range(max(len(path) - longest, 0), len(path)):
+      shape, spec = by_path.get(path[start:], (None, None))
+      if shape == np.shape(leaf):
+        return spec
+    return rep
+
+  return jax.tree_util.tree_map_with_path(sharding_of, state)
+
+
+def _plain_path(path) -> tuple:
+  """A key path as plain names and indices, so optax's named tuples (`.mu`), dicts and lists
+  compare alike."""
+  out = []
+  for key in path:
+    for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+      if hasattr(key, attr):
+        out.append(getattr(key, attr))
+        break
+    else:
+      out.append(str(key))
+  return tuple(out)
 
 
 def make_mesh_from(axes: Sequence[str], shape: Sequence[int]) -> Mesh:

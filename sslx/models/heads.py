@@ -23,6 +23,11 @@ def _norm(kind, features, rngs, affine=True):
   return nnx.LayerNorm(features, epsilon=1e-5, use_scale=affine, use_bias=affine, rngs=rngs)
 
 
+def _names(*names):
+  # eager_sharding=False: metadata only; sslx.sharding turns the names into NamedShardings.
+  return {"out_sharding": names, "eager_sharding": False}
+
+
 class MLP(nnx.Module):
   """``num_hidden`` blocks of Linear -> norm -> activation, then a Linear (optionally normed).
 
@@ -58,6 +63,11 @@ class MLP(nnx.Module):
     if norm_last and norm == "none":
       raise ValueError("norm_last=True needs norm 'batch' or 'layer', got norm='none'")
     init = {} if kernel_init is None else {"kernel_init": kernel_init}
+    # Logical axis names, as the ViT's (sslx.models.vit): under mesh.rules=fsdp every kernel is
+    # split along its input ("embed"), under tensor along its output ("mlp"), so wide heads
+    # (Barlow Twins' 8192, MoCo v3's 4096) and their moments and EMA copies shard with the
+    # encoder. Without rules (the default) they are replicated as before.
+    init.update(kernel_metadata=_names("embed", "mlp"), bias_metadata=_names("mlp"))
     self.activation = activation
     linears, norms = [], []
     features = in_features
@@ -122,8 +132,10 @@ class DINOHead(nnx.Module):
                    activation="gelu", kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
     # Stored [bottleneck, K] (flax's Linear layout); each column is one prototype direction.
     self.last_v = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(),
-                                                            (bottleneck, out_features)))
-    self.last_g = None if norm_last_layer else nnx.Param(jnp.ones((out_features,)))
+                                                            (bottleneck, out_features)),
+                            **_names("embed", "mlp"))
+    self.last_g = (None if norm_last_layer
+                   else nnx.Param(jnp.ones((out_features,)), **_names("mlp")))
 
   def __call__(self, x, *, train: bool = False):
     """x: [B, in_features] -> logits [B, out_features]."""

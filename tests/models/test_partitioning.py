@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sslx import sharding
 from sslx.models import resnet
+from sslx.models.heads import MLP
 from sslx.models.vit import vit
 
 
@@ -84,6 +85,28 @@ def test_rules_resolve_to_partition_specs():
   assert shardings["opt"][0].nu["blocks"][0]["fc1"]["kernel"].spec == fc1
   assert shardings["opt"][0].count.spec == P()
   assert shardings["step"].spec == P()
+  # An EMA teacher holding part of the parameters (BYOL's: the encoder, not the predictor)
+  # is sharded like them; a leaf that only shares a name with a parameter is not.
+  student = {"encoder": params, "predictor": {"kernel": jnp.zeros((32, 32))}}
+  student_sharding = {"encoder": param_sharding, "predictor": {"kernel": NamedSharding(mesh, P())}}
+  with_teacher = {"params": student, "teacher": {"encoder": params},
+                  "stats": {"fc1": {"kernel": jnp.zeros((32, 128))}}}
+  shardings = sharding.state_shardings(with_teacher, student, student_sharding, mesh)
+  assert shardings["teacher"]["encoder"]["blocks"][0]["fc1"]["kernel"].spec == fc1
+  assert shardings["params"]["encoder"]["blocks"][0]["fc1"]["kernel"].spec == fc1
+  assert shardings["stats"]["fc1"]["kernel"].spec == P()
+
+  # Heads carry names too: under FSDP a projector's kernels split along their input, under
+  # tensor parallelism along their output; BatchNorm's statistics stay replicated.
+  head = nnx.eval_shape(lambda: MLP(32, (64,), 16, rngs=nnx.Rngs(0)))
+  head_fsdp = sharding.param_shardings(head, mesh, "fsdp")
+  assert head_fsdp["hidden_linears"][0]["kernel"].spec == P("fsdp", None)
+  assert head_fsdp["out"]["bias"].spec == P(None)
+  head_tp = sharding.param_shardings(
+      head, sharding.make_mesh(mesh_config(("data", "model"), (-1, 2))), "tensor")
+  assert head_tp["out"]["kernel"].spec == P(None, "model")
+  assert head_tp["out"]["bias"].spec == P("model")
+  assert head_tp["hidden_norms"][0]["mean"].spec == P()
 
   # Variables without names (a ResNet's, BatchNorm statistics) stay replicated.
   net = nnx.eval_shape(lambda: resnet(1, depth=18, width=8, rngs=nnx.Rngs(0)))
