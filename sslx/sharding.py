@@ -313,7 +313,7 @@ def state_shardings(state: Any, params: Any, param_sharding: Any, mesh: Mesh) ->
   """
   by_path = {}
   for (path, leaf), spec in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                                jax.tree.leaves(param_sharding)):
+                                jax.tree.leaves(param_sharding), strict=True):
     by_path[_plain_path(path)] = (np.shape(leaf), spec)
   longest = max((len(p) for p in by_path), default=0)
   rep = NamedSharding(mesh, P())

@@ -1,6 +1,6 @@
 """Evaluates a checkpoint of a training run: ``python -m sslx.evaluate --workdir DIR``.
 
-Reads ``DIR/config.json``, rebuilds the method (`sslx.train.loop.get_method`), restores the
+Reads ``DIR/config.json``, rebuilds the method (`sslx.train.loop.build_method`), restores the
 latest checkpoint (or ``--step``) of ``DIR/checkpoints`` with orbax onto the mesh, runs the
 chosen ``--protocols`` and writes ``DIR/results.json`` (or ``--output``) and, with ``--plots``,
 the run's pictures (`sslx.evaluate.plots`) into DIR:
@@ -128,7 +128,7 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
     source_kwargs = {"data_dir": config.data.data_dir or None,
                      "source_dir": config.data.source_dir or None,
                      "allow_download": config.data.allow_download}
-    method = loop.get_method(config)
+    method = loop.build_method(config)
     state = loop.restore_onto_mesh(config, method, checkpointer, mesh, step)
   finally:
     checkpointer.close()

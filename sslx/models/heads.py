@@ -23,7 +23,7 @@ def _norm(kind, features, rngs, affine=True):
   return nnx.LayerNorm(features, epsilon=1e-5, use_scale=affine, use_bias=affine, rngs=rngs)
 
 
-def _names(*names):
+def _axis_names(*names):
   # eager_sharding=False: metadata only; sslx.sharding turns the names into NamedShardings.
   return {"out_sharding": names, "eager_sharding": False}
 
@@ -67,7 +67,7 @@ class MLP(nnx.Module):
     # split along its input ("embed"), under tensor along its output ("mlp"), so wide heads
     # (Barlow Twins' 8192, MoCo v3's 4096) and their moments and EMA copies shard with the
     # encoder. Without rules (the default) they are replicated as before.
-    init.update(kernel_metadata=_names("embed", "mlp"), bias_metadata=_names("mlp"))
+    init.update(kernel_metadata=_axis_names("embed", "mlp"), bias_metadata=_axis_names("mlp"))
     self.activation = activation
     linears, norms = [], []
     features = in_features
@@ -133,9 +133,9 @@ class DINOHead(nnx.Module):
     # Stored [bottleneck, K] (flax's Linear layout); each column is one prototype direction.
     self.last_v = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(),
                                                             (bottleneck, out_features)),
-                            **_names("embed", "mlp"))
+                            **_axis_names("embed", "mlp"))
     self.last_g = (None if norm_last_layer
-                   else nnx.Param(jnp.ones((out_features,)), **_names("mlp")))
+                   else nnx.Param(jnp.ones((out_features,)), **_axis_names("mlp")))
 
   def __call__(self, x, *, train: bool = False):
     """x: [B, in_features] -> logits [B, out_features]."""

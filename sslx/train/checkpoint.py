@@ -8,7 +8,6 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.experimental import multihost_utils
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -59,39 +58,49 @@ class Checkpointer:
   def restore_for_resume(self, abstract_state, data_iterator, *, fallback: bool):
     """Restores the newest checkpoint to continue training.
 
-    An unreadable newest checkpoint is an error that names it (never a silent restart from
-    scratch over existing work). With `fallback`, it is moved to `checkpoints_unreadable/<step>`
-    (kept for inspection, and out of the way of the step's next save) and the next older one is
-    tried, until one restores.
+    A newest checkpoint that cannot be restored is an error that names it (never a silent
+    restart from scratch over existing work). With `fallback`, older checkpoints are tried,
+    newest first; only once one restores are the newer ones moved to `checkpoints_unreadable/`
+    (kept for inspection, and out of the way of their steps' next saves). When none restores
+    (a config whose state no longer matches the checkpoints fails on every one), nothing is
+    moved. One process only: hosts would have to agree on which checkpoint failed.
     """
-    while True:
-      step = self.latest_step()
+    if fallback and jax.process_count() > 1:
+      raise ValueError(
+          "checkpoint_fallback=True is supported in single-process runs only; with several "
+          f"processes, move the unreadable step out of {self.directory} by hand")
+    steps = sorted(self.all_steps(), reverse=True)
+    failed = []
+    for step in steps:
       try:
-        return self.restore(abstract_state, data_iterator, step)
+        state = self.restore(abstract_state, data_iterator, step)
       except UnreadableCheckpointError as e:
-        older = [s for s in self.all_steps() if s < step]
         if not fallback:
-          hint = (f"rerun with --config.checkpoint_fallback=True to resume from step {older[-1]} "
-                  "(the unreadable checkpoint is then moved aside, not deleted)" if older else
-                  "there is no earlier checkpoint to fall back to; move the workdir aside to "
-                  "start again")
+          older = steps[1:]
+          hint = (f"rerun with --config.checkpoint_fallback=True to resume from step {older[0]} "
+                  "if it restores (the unreadable checkpoint is then moved aside, not deleted)"
+                  if older else "there is no earlier checkpoint to fall back to")
           raise UnreadableCheckpointError(f"{e}; {hint}") from e.__cause__
-        moved = self._move_aside(step)
-        if not older:
-          raise UnreadableCheckpointError(
-              f"{e}; moved to {moved}; no earlier checkpoint is left to fall back to") from None
-        logging.warning("%s; moved to %s; falling back to step %d", e, moved, older[-1])
+        logging.warning("%s; trying the next older checkpoint", e)
+        failed.append(step)
+        continue
+      for bad in failed:
+        logging.warning("resumed from step %d; unreadable step %d moved to %s", step, bad,
+                        self._move_aside(bad))
+      return state
+    raise UnreadableCheckpointError(
+        f"none of the checkpoints {steps} in {self.directory} restores (see the log for each "
+        "error); nothing was moved. If the config changed, resume with the saved one "
+        "(config.json in the workdir)")
 
   def _move_aside(self, step: int) -> str:
     target_dir = self.directory + "_unreadable"
-    target = os.path.join(target_dir, str(step))
-    if jax.process_index() == 0:  # one shared file system: one process renames
-      os.makedirs(target_dir, exist_ok=True)
-      if os.path.exists(target):  # an earlier fallback moved this step already
-        target = f"{target}.{len(os.listdir(target_dir))}"
-      os.rename(self.step_path(step), target)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"sslx: checkpoint {step} moved aside")
+    os.makedirs(target_dir, exist_ok=True)
+    target, n = os.path.join(target_dir, str(step)), 0
+    while os.path.exists(target):  # an earlier fallback moved this step already
+      n += 1
+      target = os.path.join(target_dir, f"{step}.{n}")
+    os.rename(self.step_path(step), target)
     self.manager.reload()
     return target
 

@@ -48,6 +48,16 @@ def get_method(config):
   return module.get_method(config)
 
 
+def build_method(config):
+  """The Method a run trains: the experiment's, with the online linear probe beside it when
+  eval.online_probe (its classifier is part of the state, so restores need it too)."""
+  method = get_method(config)
+  if config.eval.get("online_probe", False):  # logs train/online_probe_top1 (augmented views)
+    from sslx.evaluate import online_probe
+    method = online_probe.with_online_probe(method, config)
+  return method
+
+
 def _check_workdir(workdir: str) -> None:
   if "://" in workdir:  # os.makedirs would quietly create a local "gs:" directory
     raise ValueError(f"--workdir {workdir!r}: URLs are not supported yet; use a directory every "
@@ -88,10 +98,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("sslx: dataset prepared")
   train_source = sources.load_source(config.data.name, info.train_split, **source_kwargs)
-  method = get_method(config)
-  if config.eval.get("online_probe", False):  # logs train/online_probe_top1 (augmented views)
-    from sslx.evaluate import online_probe
-    method = online_probe.with_online_probe(method, config)
+  method = build_method(config)
   tx, schedule = optim.make_optimizer(config.optim, config.batch_size, config.total_steps)
 
   batch_sharding = sharding.batch_sharding(mesh)
@@ -126,7 +133,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   preempted = False
   # SIGTERM handler installed for the loop only (given back even when the loop raises).
   with PreemptionWatch() as preemption:
-    pending, last_log = [], (start_step, time.perf_counter())
+    pending, last_log, warned_upto = [], (start_step, time.perf_counter()), start_step
     for step in range(start_step, config.total_steps):
       batch = pipeline.to_global_batch(next(data_iter), batch_sharding)
       state, metrics = train_step(state, batch)
@@ -144,10 +151,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bad = [done - len(fetched) + i + 1 for i, m in enumerate(fetched) if m["train/nonfinite"]]
         if bad and config.nonfinite_policy == "stop":
           _stop_nonfinite(bad[0], checkpointer, writer, progress)
-        if bad:
+        new_bad = [b for b in bad if b > warned_upto]  # `fetched` may hold checked steps
+        if new_bad:
           logging.warning("non-finite loss or gradient at step(s) %s: update skipped "
-                          "(nonfinite_policy=skip; %d skipped so far)", bad,
+                          "(nonfinite_policy=skip; %d skipped so far)", new_bad,
                           int(state.nonfinite_steps))
+        warned_upto = done
         pending = [] if is_log else fetched  # kept for the next log's averages
       monitored = {}
       if is_monitor:
@@ -176,7 +185,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         checkpointer.save(done, state, data_iter)
       if preempted:
         break
-  checkpointer.wait()
+    checkpointer.wait()  # inside: a second SIGTERM must not kill the preemption save's commit
   data_iter.close()  # stops grain's worker processes and frees their shared memory
   if progress is not None:
     progress.close()
@@ -205,7 +214,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 # Fields that define the trajectory of a run: a resumed run must not change them.
 _RUN_DEFINING = ("experiment", "seed", "batch_size", "total_steps", "data.name", "model",
-                 "projector", "augment", "loss", "optim")
+                 "projector", "augment", "loss", "optim", "eval.online_probe")
 
 
 def state_initializer(config, method, tx, mesh, rules, info):

@@ -19,17 +19,29 @@ from jax.experimental import multihost_utils
 
 
 class PreemptionWatch:
-  """`reached(step)`: True on the step at which this run should save and stop."""
+  """`reached(step)`: True on the step at which this run should save and stop. A context
+  manager: the SIGTERM handler is installed on entry and the previous one given back on exit."""
 
   def __init__(self):
     self._multi_controller = jax.distributed.is_initialized()
     self._notice = threading.Event()
-    self._previous_handler = None
+    self._installed, self._previous_handler = False, None
+
+  def __enter__(self):
     # signal.signal only works in the main thread; a run started elsewhere (a notebook's
     # background thread) is then not preemptible by SIGTERM, which keeps its default action.
     if (not self._multi_controller
         and threading.current_thread() is threading.main_thread()):
       self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._installed = True
+    return self
+
+  def __exit__(self, *exc_info):
+    if self._installed:
+      # None: the previous handler was installed from C; the default is the closest we can do.
+      signal.signal(signal.SIGTERM, self._previous_handler
+                    if self._previous_handler is not None else signal.SIG_DFL)
+      self._installed = False
 
   def _on_sigterm(self, signum, frame):
     del signum, frame
@@ -46,15 +58,3 @@ class PreemptionWatch:
             f"{e} (sslx stops a multi-process run on SIGTERM through JAX's preemption service; "
             "do not set jax_enable_preemption_service=False)") from None
     return self._notice.is_set()
-
-  def close(self) -> None:
-    """Gives SIGTERM back its previous handler."""
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
-      self._previous_handler = None
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc_info):
-    self.close()

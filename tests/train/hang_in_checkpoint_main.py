@@ -1,6 +1,9 @@
 """`python -m sslx.main` whose checkpoint save of step $SSLX_TEST_HANG_STEP hangs just before
 orbax's final rename (the data is written, the checkpoint not yet committed) after touching
-$SSLX_TEST_HANG_MARKER, so a test can SIGKILL the process in the middle of that save."""
+$SSLX_TEST_HANG_MARKER, so a test can SIGKILL the process in the middle of that save.
+
+It patches a private orbax class (`AtomicRenameTemporaryPath`, orbax-checkpoint 0.12): if orbax
+renames it, this import fails or the marker never appears, and the test fails loudly."""
 
 import asyncio
 import os

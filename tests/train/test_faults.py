@@ -51,9 +51,22 @@ def straight(fashion_mnist_dir, tmp_path_factory):
   return workdir
 
 
-def _start(command, env=None):
-  return subprocess.Popen(command, cwd=REPO, env=env or subprocess_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+@pytest.fixture
+def started():
+  """Starts subprocesses and kills any still running when the test ends (a failed test must
+  not leave a run behind, slowing the other pytest worker)."""
+  procs = []
+
+  def start(command, env=None):
+    procs.append(subprocess.Popen(command, cwd=REPO, env=env or subprocess_env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs[-1]
+
+  yield start
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
 
 
 def _wait_for(path, proc, timeout=300):
@@ -66,8 +79,8 @@ def _wait_for(path, proc, timeout=300):
 
 
 def test_sigterm_saves_exits_zero_and_the_restart_ends_equal(fashion_mnist_dir, straight,
-                                                            tmp_path):
-  proc = _start(main_command(tmp_path, fashion_mnist_dir, *FLAGS))
+                                                            tmp_path, started):
+  proc = started(main_command(tmp_path, fashion_mnist_dir, *FLAGS))
   _wait_for(tmp_path / "checkpoints" / "10", proc)
   proc.send_signal(signal.SIGTERM)
   output = proc.communicate(timeout=300)[0]
@@ -85,12 +98,12 @@ def test_sigterm_saves_exits_zero_and_the_restart_ends_equal(fashion_mnist_dir, 
 
 
 def test_sigkill_during_a_save_keeps_the_previous_checkpoint(fashion_mnist_dir, straight,
-                                                             tmp_path):
+                                                             tmp_path, started):
   marker = tmp_path / "saving"
   env = {**subprocess_env(), "SSLX_TEST_HANG_STEP": "20", "SSLX_TEST_HANG_MARKER": str(marker)}
   command = main_command(tmp_path / "run", fashion_mnist_dir, *FLAGS)
   command[1:3] = [os.path.join(REPO, "tests", "train", "hang_in_checkpoint_main.py")]
-  proc = _start(command, env)
+  proc = started(command, env)
   _wait_for(marker, proc)  # step 20's files are written, its commit (rename) not yet done
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
@@ -137,6 +150,13 @@ def test_truncated_latest_checkpoint_is_named_and_fallback_resumes(fashion_mnist
   for x, y in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(x, y)
 
+  # When no checkpoint restores (as when the config no longer matches them), nothing is moved.
+  for step in ("3", "6"):
+    _truncate_largest_file(tmp_path / "checkpoints" / step / "state" / "d")
+  with pytest.raises(UnreadableCheckpointError, match=r"none of the checkpoints \[6, 3\]"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+
 
 def _simclr_with_nan_loss_at(bad_steps):
   """SimCLR whose loss is NaN at the given (1-based) steps."""
@@ -180,11 +200,12 @@ def test_nonfinite_policy_skip_counts_and_continues(fashion_mnist_dir, tmp_path,
   records = read_metrics(str(tmp_path))
   assert [r["train/nonfinite"] for r in records] == [0, 0, 0, 1, 1, 0, 0]
   assert [r["train/nonfinite_steps"] for r in records] == [0, 0, 0, 1, 2, 2, 2]
-  params = {s: restore_state(str(tmp_path), s)[1]["params"] for s in (3, 5, 6)}
-  for a, b in zip(jax.tree.leaves(params[3]), jax.tree.leaves(params[5])):
+  trained = {s: {k: v for k, v in restore_state(str(tmp_path), s)[1].items()
+                  if k in ("params", "opt_state", "model_state")} for s in (3, 5, 6)}
+  for a, b in zip(jax.tree.leaves(trained[3]), jax.tree.leaves(trained[5]), strict=True):
     np.testing.assert_array_equal(a, b)  # steps 4 and 5 changed nothing
   assert any(not np.array_equal(a, b)
-             for a, b in zip(jax.tree.leaves(params[5]), jax.tree.leaves(params[6])))
+             for a, b in zip(jax.tree.leaves(trained[5]), jax.tree.leaves(trained[6])))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(out["state"].params))
 
 

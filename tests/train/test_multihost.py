@@ -35,10 +35,25 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _start(commands, env):
+  return [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True) for c in commands]
+
+
+def _kill(procs):
+  """A failed test must not leave processes behind (they would wait on each other forever)."""
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
 def _run_processes(commands, env):
-  procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for c in commands]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  procs = _start(commands, env)
+  try:
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+  finally:
+    _kill(procs)
   for p, o in zip(procs, outputs):
     assert p.returncode == 0, o[-4000:]
 
@@ -130,7 +145,7 @@ def test_processes_train_evaluate_and_checkpoint_like_one_process(num_processes,
   # those of the one-process run up to float reassociation in the all-reduce.
   _, reference = restore_state(str(one_process))
   config = cli.load_run_config(str(workdir))
-  method = loop.get_method(config)
+  method = loop.build_method(config)
   restored = {}
   for num_devices in (1, 4):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("data",))
@@ -161,14 +176,16 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step(fashion_mnist_dir
                          "--config.distributed.num_processes=2",
                          f"--config.distributed.process_id={i}") for i in range(2)]
 
-  procs = [subprocess.Popen(c, cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for c in commands()]
-  deadline = time.time() + 300
-  while not (tmp_path / "two" / "checkpoints" / "10").exists():
-    assert all(p.poll() is None for p in procs) and time.time() < deadline
-    time.sleep(0.005)
-  procs[1].send_signal(signal.SIGTERM)  # the scheduler evicts one host
-  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  procs = _start(commands(), subprocess_env(1))
+  try:
+    deadline = time.time() + 300
+    while not (tmp_path / "two" / "checkpoints" / "10").exists():
+      assert all(p.poll() is None for p in procs) and time.time() < deadline
+      time.sleep(0.005)
+    procs[1].send_signal(signal.SIGTERM)  # the scheduler evicts one host
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    _kill(procs)
   for p, o in zip(procs, outputs):
     assert p.returncode == 0, o[-4000:]
     assert "preempted: checkpoint" in o, o[-4000:]

@@ -182,3 +182,20 @@ def test_resuming_with_changed_settings_is_refused(fashion_mnist_dir, tmp_path):
   same = smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False,
                                             "log_every": 3})
   assert int(loop.train_and_evaluate(same, str(tmp_path))["state"].step) == 3
+
+
+def test_online_probe_run_restores_onto_a_mesh_for_evaluation(fashion_mnist_dir, tmp_path):
+  """The probe's classifier is part of the state: `restore_onto_mesh` (what the evaluation CLI
+  uses) must rebuild the method with it."""
+  from sslx import sharding
+  from sslx.train.checkpoint import Checkpointer
+  config = smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False,
+                                              "eval.online_probe": True})
+  out = loop.train_and_evaluate(config, str(tmp_path))
+  checkpointer = Checkpointer(str(tmp_path))
+  restored = loop.restore_onto_mesh(config, loop.build_method(config), checkpointer,
+                                    sharding.make_mesh(config.mesh))
+  checkpointer.close()
+  assert "online_probe" in restored.model_state
+  for x, y in zip(jax.tree.leaves(out["state"]), jax.tree.leaves(restored), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
