@@ -81,7 +81,9 @@ def test_same_losses_on_one_and_eight_devices(fashion_mnist_dir, tmp_path):
 def test_ema_teacher_method_on_eight_devices_and_exact_resume(fashion_mnist_dir, tmp_path):
   """BYOL through the loop: the teacher (Method.after_update) is checkpointed with the state, a
   run resumed from step 3 ends bit-equal to the straight run, and 8 devices equal 1."""
-  settings = {"eval.enabled": False, "total_steps": 6, "checkpoint_every": 3}
+  # LARS lr 1 (the fashion_mnist preset's 8 is tuned for 200 steps): at 8 the float
+  # reassociation of the 8-device reductions grows to ~5e-5 of the loss within 6 steps.
+  settings = {"eval.enabled": False, "total_steps": 6, "checkpoint_every": 3, "optim.lr": 1.0}
   straight = loop.train_and_evaluate(
       smoke_config(fashion_mnist_dir, "byol", **settings, **{"mesh.num_devices": 1}),
       str(tmp_path / "one"))["state"]
