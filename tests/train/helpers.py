@@ -52,3 +52,18 @@ def restore_state(workdir, step=None):
     step = manager.latest_step() if step is None else step
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return step, restored.state
+
+
+def start_processes(commands, env=None):
+  """Popen each command from the repository root, output captured as text."""
+  return [subprocess.Popen(c, cwd=REPO, env=env or subprocess_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True) for c in commands]
+
+
+def kill_processes(procs):
+  """A failed test must not leave runs behind (they slow the other pytest worker, and processes
+  of a multi-process run would wait on each other forever)."""
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()

@@ -7,7 +7,6 @@ every interrupted run must end equal to, bit for bit.
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import types
@@ -20,8 +19,8 @@ import pytest
 from sslx.train import loop
 from sslx.train.checkpoint import UnreadableCheckpointError
 from sslx.train.metrics import read_metrics
-from tests.train.helpers import (REPO, main_command, restore_state, run_main, smoke_config,
-                                 subprocess_env)
+from tests.train.helpers import (REPO, kill_processes, main_command, restore_state, run_main,
+                                 smoke_config, start_processes, subprocess_env)
 
 pytestmark = pytest.mark.slow
 
@@ -53,20 +52,15 @@ def straight(fashion_mnist_dir, tmp_path_factory):
 
 @pytest.fixture
 def started():
-  """Starts subprocesses and kills any still running when the test ends (a failed test must
-  not leave a run behind, slowing the other pytest worker)."""
+  """Starts subprocesses; any still running when the test ends is killed."""
   procs = []
 
   def start(command, env=None):
-    procs.append(subprocess.Popen(command, cwd=REPO, env=env or subprocess_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs.extend(start_processes([command], env))
     return procs[-1]
 
   yield start
-  for p in procs:
-    if p.poll() is None:
-      p.kill()
-      p.wait()
+  kill_processes(procs)
 
 
 def _wait_for(path, proc, timeout=300):

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -20,7 +19,9 @@ from sslx.evaluate import cli
 from sslx.train import loop
 from sslx.train.checkpoint import Checkpointer
 from sslx.train.metrics import read_metrics
-from tests.train.helpers import REPO, main_command, restore_state, run_main, subprocess_env
+from tests.train.helpers import (REPO, kill_processes, main_command, restore_state, run_main,
+                                 start_processes, subprocess_env)
+from tests.train.multihost_data_worker import RecordingSource
 
 pytestmark = pytest.mark.slow
 
@@ -35,25 +36,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start(commands, env):
-  return [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True) for c in commands]
-
-
-def _kill(procs):
-  """A failed test must not leave processes behind (they would wait on each other forever)."""
-  for p in procs:
-    if p.poll() is None:
-      p.kill()
-      p.wait()
-
-
 def _run_processes(commands, env):
-  procs = _start(commands, env)
+  procs = start_processes(commands, env)
   try:
     outputs = [p.communicate(timeout=600)[0] for p in procs]
   finally:
-    _kill(procs)
+    kill_processes(procs)
   for p, o in zip(procs, outputs):
     assert p.returncode == 0, o[-4000:]
 
@@ -75,7 +63,7 @@ def test_each_host_reads_its_slice_and_the_hosts_cover_an_epoch_once(num_process
   np.testing.assert_array_equal(np.sort(seen), np.arange(n))  # every example exactly once
   # The global batch assembled on the mesh is the hosts' rows in process order, and the same
   # batch one process would see alone (the stream does not depend on the process count).
-  alone = pipeline.train_iterator(_Source(n), global_batch_size=batch, seed=3,
+  alone = pipeline.train_iterator(RecordingSource(n), global_batch_size=batch, seed=3,
                                   process_index=0, process_count=1)
   local = batch // num_processes
   for step in range(n // batch):
@@ -91,17 +79,6 @@ def test_each_host_reads_its_slice_and_the_hosts_cover_an_epoch_once(num_process
       own_next[p].update(labels[p * local:(p + 1) * local].tolist())
   for p, h in enumerate(hosts):
     assert set(h["read"]) <= set(h["labels"]) | own_next[p]
-
-
-class _Source:
-  def __init__(self, size):
-    self.size = size
-
-  def __len__(self):
-    return self.size
-
-  def __getitem__(self, i):
-    return {"image": np.full((4, 4, 1), int(i) % 256, np.uint8), "label": int(i)}
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +153,7 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step(fashion_mnist_dir
                          "--config.distributed.num_processes=2",
                          f"--config.distributed.process_id={i}") for i in range(2)]
 
-  procs = _start(commands(), subprocess_env(1))
+  procs = start_processes(commands(), subprocess_env(1))
   try:
     deadline = time.time() + 300
     while not (tmp_path / "two" / "checkpoints" / "10").exists():
@@ -185,7 +162,7 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step(fashion_mnist_dir
     procs[1].send_signal(signal.SIGTERM)  # the scheduler evicts one host
     outputs = [p.communicate(timeout=300)[0] for p in procs]
   finally:
-    _kill(procs)
+    kill_processes(procs)
   for p, o in zip(procs, outputs):
     assert p.returncode == 0, o[-4000:]
     assert "preempted: checkpoint" in o, o[-4000:]
