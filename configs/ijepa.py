@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ijepa.context_scale = (0.85, 1.0)
   c.ijepa.context_aspect = (1.0, 1.0)
   c.ijepa.num_context = 0  # 0: sslx.data.masks' default, a quarter of the patches
+  c.ijepa.eval_encoder = "target"  # the paper evaluates the EMA target encoder (App. A.1)
   c.predictor = ml_collections.ConfigDict()
   c.optim.name = "adamw"
   c.optim.b1, c.optim.b2 = 0.9, 0.999  # torch.optim.AdamW's defaults, as the reference

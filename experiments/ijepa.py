@@ -9,8 +9,9 @@ As facebookresearch/ijepa src/train.py: one view per image (random resized crop 
 masks per image (`sslx.data.masks.multiblock_masks_batch`), the target encoder on every patch
 without gradient, its features layer-normed and gathered at each target block, and the predictor
 run once per target block on the repeated context. The representation for kNN / linear probing
-(`Method.apply`) is the context encoder on all patches, average-pooled patch tokens (the paper's
-linear-probe feature for ViT-H).
+(`Method.apply`) is the target encoder on all patches, average-pooled patch tokens: "We use the
+target-encoder for evaluation and average pool its output" (Assran et al. 2023, Appendix A.1).
+`config.ijepa.eval_encoder = "context"` reads the context encoder instead.
 """
 
 import jax
@@ -24,6 +25,9 @@ from sslx.losses import ijepa
 from sslx.method import Method
 from sslx.models import Backbone
 from sslx.models.vit import IJEPAPredictor
+
+
+EVAL_ENCODERS = ("target", "context")
 
 
 class IJEPAModel(nnx.Module):
@@ -48,6 +52,9 @@ def _check_config(config) -> None:
     raise ValueError("config.model.vit.class_token must be False for I-JEPA (the loss and the "
                      "pooled feature use patch tokens only), got True")
   experiment.check_positive("config.ijepa.num_targets", config.ijepa.num_targets)
+  if config.ijepa.eval_encoder not in EVAL_ENCODERS:
+    raise ValueError(f"config.ijepa.eval_encoder must be one of {EVAL_ENCODERS}, got "
+                     f"{config.ijepa.eval_encoder!r}")
 
 
 def _mask_kwargs(config) -> dict:
@@ -62,12 +69,6 @@ def _network(config):
   images = experiment.images_for(config)
   return images, experiment.Network(lambda rngs: IJEPAModel(config, images.view_shape, rngs=rngs))
 
-
-def _embedding_std(z):
-  """Mean per-dimension std of the l2-normalised features: ~1/sqrt(D) when spread, 0 at
-  collapse (I-JEPA's known failure mode: a constant encoder predicts its own targets)."""
-  u = z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-8)
-  return jnp.mean(jnp.std(u, axis=0))
 
 
 def predict_blocks(predictor, context, context_indices, target_indices):
@@ -99,7 +100,10 @@ def get_method(config) -> Method:
     return {"params": params, "teacher": {"params": jax.tree.map(jnp.copy, params["encoder"])}}
 
   def apply(variables, x):
-    model = net.merge(variables["params"], no_batch_stats)
+    params = variables["params"]
+    if config.ijepa.eval_encoder == "target":
+      params = {**params, "encoder": variables["teacher"]["params"]}
+    model = net.merge(params, no_batch_stats)
     return model.encoder.net(images.for_eval(x), train=False)["pooled"]  # mean patch token
 
   def loss(params, variables, batch, rng):
@@ -118,8 +122,9 @@ def get_method(config) -> Method:
                           masks.target_indices)
     # Smooth L1 to the layer-normed targets, averaged over examples, blocks, patches, features.
     value = ijepa(pred, targets, normalize_targets=True)
-    metrics = {"train/embedding_std": _embedding_std(jnp.mean(context["patches"], axis=1)),
-               "train/target_embedding_std": _embedding_std(jnp.mean(target_tokens, axis=1))}
+    std = lambda tokens: experiment.embedding_std(jnp.mean(tokens, axis=1))  # noqa: E731
+    metrics = {"train/embedding_std": std(context["patches"]),
+               "train/target_embedding_std": std(target_tokens)}
     return value, {"metrics": metrics, "state": {"teacher": variables["teacher"]}}
 
   return Method(init=init, apply=apply, loss=loss, param_axes=net.param_axes,

@@ -73,12 +73,6 @@ def _encoder_features(config, out):
   return out["cls"] if config.mae.eval_features == "cls" else jnp.mean(out["patches"], axis=1)
 
 
-def _embedding_std(z):
-  """Mean per-dimension std of the l2-normalised features: ~1/sqrt(D) when spread, 0 at
-  collapse (the two-view `experiment.embedding_metrics` needs a second view MAE has not)."""
-  u = z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-8)
-  return jnp.mean(jnp.std(u, axis=0))
-
 
 def get_method(config) -> Method:
   images, net = _network(config)
@@ -107,7 +101,7 @@ def get_method(config) -> Method:
     # facebookresearch/mae's forward_loss patchifies the normalised batch.
     target = patchify(view, model.encoder.net.patch_size)
     value = mae(pred, target, masks.mask, norm_pix_loss=config.loss.norm_pix_loss)
-    metrics = {"train/embedding_std": _embedding_std(_encoder_features(config, out))}
+    metrics = {"train/embedding_std": experiment.embedding_std(_encoder_features(config, out))}
     return value, {"metrics": metrics, "state": {}}
 
   return Method(init=init, apply=apply, loss=loss, param_axes=net.param_axes)

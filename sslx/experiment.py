@@ -125,16 +125,25 @@ def ema_teacher_update(config, student: Callable[[Any], Any] = lambda params: pa
   return after_update
 
 
+def _unit(z):
+  return z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-8)
+
+
+def embedding_std(z):
+  """Mean per-dimension std of the l2-normalised embeddings [B, D]: about 1/sqrt(D) when they
+  spread over the sphere, 0 at collapse (SimSiam Sec. 4.1). For one-view methods (MAE, the
+  JEPAs, data2vec), where `embedding_metrics`' second view does not exist."""
+  return jnp.mean(jnp.std(_unit(z), axis=0))
+
+
 def embedding_metrics(z1, z2) -> dict:
   """Collapse detectors on the two views' embeddings [B, D].
 
-  ``train/embedding_std``: mean per-dimension std of the l2-normalised embeddings, about
-  1/sqrt(D) when they spread over the sphere and 0 at collapse (SimSiam Sec. 4.1).
+  ``train/embedding_std``: `embedding_std` of both views' embeddings together.
   ``train/positive_cosine``: mean cosine between the two views of an image.
   """
-  u1, u2 = (z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-8) for z in (z1, z2))
-  return {"train/embedding_std": jnp.mean(jnp.std(jnp.concatenate([u1, u2]), axis=0)),
-          "train/positive_cosine": jnp.mean(jnp.sum(u1 * u2, axis=-1))}
+  return {"train/embedding_std": embedding_std(jnp.concatenate([z1, z2])),
+          "train/positive_cosine": jnp.mean(jnp.sum(_unit(z1) * _unit(z2), axis=-1))}
 
 
 def check_positive(name: str, value) -> None:

@@ -7,7 +7,9 @@
   shows a few large eigenvalues and a cliff;
 * ``embedding_map.png``: a 2-D t-SNE (van der Maaten & Hinton 2008, scikit-learn's) of test
   embeddings coloured by label; without scikit-learn (a test extra) the map falls back to the
-  first two principal components and says so in its title and the log.
+  first two principal components and says so in its title and the log;
+* attention maps (`plot_attention_maps`): a ViT's last-block [CLS] attention per head over the
+  patch grid (DINO, iBOT; drawn by `experiments/ibot.py` `save_attention_maps`).
 
 Training writes them into the workdir when ``config.eval.plots`` is set, and so does
 ``python -m sslx.evaluate``; the embeddings come from `sslx.evaluate.monitor`.
@@ -168,3 +170,47 @@ def write_run_plots(workdir: str, monitor, variables) -> list[str]:
                                     os.path.join(workdir, EMBEDDING_MAP)))
   logging.info("plots written: %s", written)
   return written
+
+
+def plot_attention_maps(images, attention, grid_size, path: str, *, title: str = "") -> str:
+  """The [CLS] attention of a ViT's last block over the patch grid, per head (DINO Fig. 1).
+
+  `images`: float [B, H, W, C] in [0, 1]; `attention`: [B, heads, h * w], the attention from
+  the [CLS] token to each patch in row-major grid order (`VisionTransformer.cls_attention`);
+  `grid_size`: (h, w). One row per image: the image, then one map per head, each scaled to its
+  own maximum and drawn over the image's extent. Returns `path`.
+  """
+  images = np.asarray(images, np.float64)
+  attention = np.asarray(attention, np.float64)
+  grid_h, grid_w = grid_size
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"images must be [B, H, W, 1 or 3] floats in [0, 1], got shape "
+                     f"{images.shape}")
+  if attention.ndim != 3 or attention.shape[0] != images.shape[0] or (
+      attention.shape[2] != grid_h * grid_w):
+    raise ValueError(f"attention must be [B={images.shape[0]}, heads, {grid_h * grid_w}] (one "
+                     f"weight per patch of the {grid_h} x {grid_w} grid), got shape "
+                     f"{attention.shape}")
+  if not np.isfinite(attention).all():
+    raise ValueError("attention must hold finite weights")
+  num_images, num_heads = attention.shape[:2]
+  maps = attention.reshape(num_images, num_heads, grid_h, grid_w)
+  maps = maps / np.maximum(maps.max(axis=(2, 3), keepdims=True), 1e-12)
+  fig = Figure(figsize=(1.2 * (num_heads + 1) + 0.4, 1.2 * num_images + 0.6))
+  axes = fig.subplots(num_images, num_heads + 1, squeeze=False)
+  for i in range(num_images):
+    image = np.clip(images[i], 0.0, 1.0)
+    extent = (0, image.shape[1], image.shape[0], 0)
+    axes[i, 0].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0,
+                      vmax=1, interpolation="nearest")
+    for h in range(num_heads):
+      axes[i, h + 1].imshow(maps[i, h], cmap="inferno", vmin=0, vmax=1, extent=extent,
+                            interpolation="nearest")
+      if i == 0:
+        axes[i, h + 1].set_title(f"head {h}", fontsize=8)
+    for ax in axes[i]:
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.suptitle(title or "last block [CLS] attention", fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)

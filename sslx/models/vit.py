@@ -150,12 +150,20 @@ class Attention(nnx.Module):
                              (num_heads, head_dim, width), ("heads", "kv", "embed"))
     self.out_bias = _param(nnx.initializers.zeros, keys, (width,), ("embed",))
 
-  def __call__(self, x):
-    """x [B, T, width] -> [B, T, width]."""
+  def _weights_and_values(self, x):
     q, k, v = jnp.einsum("btd,dshk->sbthk", x, self.qkv_kernel[...]) + self.qkv_bias[...][
         :, None, None]
     logits = jnp.einsum("bqhk,bthk->bhqt", q, k) / np.sqrt(q.shape[-1]).astype(q.dtype)
-    y = jnp.einsum("bhqt,bthk->bqhk", jax.nn.softmax(logits, axis=-1), v)
+    return jax.nn.softmax(logits, axis=-1), v
+
+  def weights(self, x):
+    """x [B, T, width] -> the attention weights [B, heads, T (queries), T (keys)]."""
+    return self._weights_and_values(x)[0]
+
+  def __call__(self, x):
+    """x [B, T, width] -> [B, T, width]."""
+    weights, v = self._weights_and_values(x)
+    y = jnp.einsum("bhqt,bthk->bqhk", weights, v)
     return jnp.einsum("bqhk,hkd->bqd", y, self.out_kernel[...]) + self.out_bias[...]
 
 
@@ -185,13 +193,18 @@ class Block(nnx.Module):
       y = drop_path(y, self.drop_path, rng)
     return x + y
 
-  def __call__(self, x, rng=None):
-    """x [B, T, width]; `rng` (a key) switches drop-path on, None is eval mode."""
+  def forward(self, x, rng=None):
+    """x [B, T, width] -> (the block's output, its MLP's output before the residual sum and
+    LayerScale: data2vec 2.0's per-layer targets, fairseq's AltBlock with ffn_targets)."""
     r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
     x = self._residual(x, self.attn(self.norm1(x)), self.ls1, r1)
     # Exact (erf) GELU, PyTorch's nn.GELU default used by the reference ViTs.
     y = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
-    return self._residual(x, y, self.ls2, r2)
+    return self._residual(x, y, self.ls2, r2), y
+
+  def __call__(self, x, rng=None):
+    """x [B, T, width]; `rng` (a key) switches drop-path on, None is eval mode."""
+    return self.forward(x, rng)[0]
 
 
 def _blocks(width, depth, num_heads, mlp_ratio, drop_path_rate, layer_scale_init, init, keys):
@@ -245,8 +258,11 @@ class VisionTransformer(nnx.Module):
   as MAE's visible patches or I-JEPA's context. Returns
     {"patches": [B, K, width] (K = N without patch_indices, in the order of patch_indices),
      "cls": [B, width] (if class_token), "registers": [B, R, width] (if num_registers),
-     "pooled": [B, width] (cls if class_token, else the mean of the patch tokens)}.
-  Indices are not range-checked under jit (out-of-range gathers clamp).
+     "pooled": [B, width] (cls if class_token, else the mean of the patch tokens),
+     "layers": [depth, B, K, width] (with return_layers)}.
+  `mask` [B, K] with `mask_token` [width] replaces masked patch embeddings (iBOT's student);
+  `cls_attention` gives the last block's [CLS] attention maps. Indices are not range-checked
+  under jit (out-of-range gathers clamp).
   """
 
   def __init__(self, *, image_size, patch_size: int, width: int, depth: int, num_heads: int,
@@ -292,14 +308,14 @@ class VisionTransformer(nnx.Module):
       return self.pos_embed[...]
     return jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size))
 
-  def __call__(self, images, *, patch_indices=None, train: bool = False, rng=None):
+  def _tokens(self, images, patch_indices, mask, mask_token):
+    """The transformer's input: [prefix tokens, patch embeddings + positions], and the number
+    of prefix ([CLS], register) tokens."""
     expected = self.image_size + (self.in_channels,)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
       raise ValueError(f"images must be [B, {expected[0]}, {expected[1]}, {expected[2]}], got "
                        f"shape {images.shape}")
     batch = images.shape[0]
-    if train and self.drop_path_rate > 0 and rng is None:
-      raise ValueError("rng (a PRNG key) is required when train=True and drop_path_rate > 0")
     x = patchify(images, self.patch_size)  # [B, N, p*p*C]
     pos = self.position_embeddings()
     if patch_indices is not None:
@@ -307,15 +323,44 @@ class VisionTransformer(nnx.Module):
       _check_indices("patch_indices", patch_indices, batch, self.num_patches)
       x = _gather_tokens(x, patch_indices)
       pos = _gather_tokens(pos, patch_indices)
-    x = self.patch_embed(x) + pos
+    x = self.patch_embed(x)
+    if (mask is None) != (mask_token is None):
+      raise ValueError("mask and mask_token must be given together (got only "
+                       f"{'mask' if mask is not None else 'mask_token'})")
+    if mask is not None:
+      mask, mask_token = jnp.asarray(mask), jnp.asarray(mask_token)
+      if mask.shape != x.shape[:2]:
+        raise ValueError(f"mask must be [B, K] = {x.shape[:2]} (one entry per patch entering "
+                         f"the encoder), got shape {mask.shape}")
+      if mask_token.shape != (self.width,):
+        raise ValueError(f"mask_token must be [width] = ({self.width},), got shape "
+                         f"{mask_token.shape}")
+      # iBOT's masked image modelling (prepare_tokens / mask_model): the masked patches'
+      # embeddings become the mask token before the position embeddings are added.
+      x = jnp.where(mask[..., None], mask_token.astype(x.dtype), x)
+    x = x + pos
     prefix = []
     if self.cls_token is not None:
       prefix.append(jnp.broadcast_to(self.cls_token[...], (batch, 1, self.width)))
     if self.registers is not None:
       prefix.append(jnp.broadcast_to(self.registers[...], (batch,) + self.registers.shape[1:]))
-    num_prefix = sum(p.shape[1] for p in prefix)
-    x = jnp.concatenate(prefix + [x], axis=1)
-    x = _run_blocks(self.blocks, x, rng if train and self.drop_path_rate > 0 else None)
+    return jnp.concatenate(prefix + [x], axis=1), sum(p.shape[1] for p in prefix)
+
+  def __call__(self, images, *, patch_indices=None, mask=None, mask_token=None,
+               return_layers: bool = False, train: bool = False, rng=None):
+    """See the class docstring. `mask` [B, K] bool with `mask_token` [width]: the embeddings of
+    the masked patches are replaced by the token (iBOT's student). `return_layers` adds
+    "layers": [depth, B, K, width], each block's MLP output at the patch tokens (data2vec
+    2.0's targets)."""
+    if train and self.drop_path_rate > 0 and rng is None:
+      raise ValueError("rng (a PRNG key) is required when train=True and drop_path_rate > 0")
+    x, num_prefix = self._tokens(images, patch_indices, mask, mask_token)
+    rng = rng if train and self.drop_path_rate > 0 else None
+    layers = []
+    for i, block in enumerate(self.blocks):
+      x, ffn = block.forward(x, None if rng is None else jax.random.fold_in(rng, i))
+      if return_layers:
+        layers.append(ffn[:, num_prefix:])
     x = self.norm(x)
     out = {"patches": x[:, num_prefix:]}
     if self.cls_token is not None:
@@ -323,7 +368,22 @@ class VisionTransformer(nnx.Module):
     if self.registers is not None:
       out["registers"] = x[:, num_prefix - self.registers.shape[1]:num_prefix]
     out["pooled"] = out["cls"] if "cls" in out else jnp.mean(out["patches"], axis=1)
+    if return_layers:
+      out["layers"] = jnp.stack(layers)
     return out
+
+  def cls_attention(self, images):
+    """The last block's attention from the [CLS] token to every patch, per head: images
+    [B, H, W, C] (normalised) -> [B, heads, N] (each row sums to 1 with the prefix tokens'
+    share). DINO's attention maps (Caron et al. 2021, Fig. 1 / visualize_attention.py)."""
+    if self.cls_token is None or not len(self.blocks):
+      raise ValueError("cls_attention needs a ViT with a class token and at least one block")
+    x, num_prefix = self._tokens(images, None, None, None)
+    depth = len(self.blocks)
+    for i in range(depth - 1):
+      x = self.blocks[i](x)
+    last = self.blocks[depth - 1]
+    return last.attn.weights(last.norm1(x))[:, :, 0, num_prefix:]
 
 
 def vit(variant: str | None = None, *, image_size=224, in_channels: int = 3,

@@ -142,10 +142,16 @@ def test_after_update_moves_the_target_encoder_towards_the_context_encoder(setup
                                atol=1e-7)
 
 
-def test_apply_is_the_context_encoder_mean_patch_token_on_all_patches(setup):
-  _, method, batch, variables, images, net = setup
+@pytest.mark.parametrize("eval_encoder", ["target", "context"])
+def test_apply_is_the_chosen_encoders_mean_patch_token_on_all_patches(setup, eval_encoder):
+  *_, batch, variables, images, net = setup
+  method = ijepa_experiment.get_method(smoke_config(**{"ijepa.eval_encoder": eval_encoder}))
+  # The fixture's target encoder differs from the context encoder, so reading the wrong one shows.
+  encoder = (variables["teacher"]["params"] if eval_encoder == "target"
+             else variables["params"]["encoder"])
   x = batch["image"].astype(jnp.float32) / 255
-  out = net.merge(variables["params"], {}).encoder.net(images.normalize(x), train=False)
+  model = net.merge({**variables["params"], "encoder": encoder}, {})
+  out = model.encoder.net(images.normalize(x), train=False)
   assert out["patches"].shape[1] == 49 and "cls" not in out
   np.testing.assert_allclose(method.apply(variables, x), jnp.mean(out["patches"], axis=1),
                              atol=1e-5)
@@ -155,6 +161,7 @@ def test_apply_is_the_context_encoder_mean_patch_token_on_all_patches(setup):
     ("model.name", "resnet", "model.name"),
     ("model.vit.class_token", True, "class_token"),
     ("ijepa.num_targets", 0, "num_targets"),
+    ("ijepa.eval_encoder", "student", "eval_encoder"),
 ])
 def test_bad_config_is_refused_by_name(key, value, message):
   with pytest.raises(ValueError, match=message):

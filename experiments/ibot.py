@@ -1,0 +1,209 @@
+"""iBOT (Zhou et al. 2022, "iBOT: Image BERT Pre-Training with Online Tokenizer"): DINO plus
+masked image modelling, the EMA teacher acting as the online tokenizer of the student's masks.
+
+As bytedance/ibot main_ibot.py: multi-crop views; each global crop gets a block-wise mask
+(`sslx.data.masks.ibot_block_masks`: half the images unmasked, the others 10-50% of their
+patches in blocks) whose patch embeddings the student replaces by a learned mask token. One head
+(`DINOHead`, shared by the [CLS] and the patch tokens) gives K-way logits. The loss is
+``lambda1 * dino([CLS] of every student crop, teacher [CLS] of the other global crops) +
+lambda2 * ibot_patch(student patches, teacher patches of the same unmasked crop, at the masked
+patches)``, each term with its own teacher temperature and center (`sslx.losses`). The teacher
+sees the global crops unmasked. `Method.apply` is the teacher backbone's [CLS] token, as iBOT
+evaluates (kNN and linear probe on the teacher).
+
+`save_attention_maps` draws the last block's [CLS] attention per head (also for DINO's ViT).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from experiments import _multicrop
+from experiments.dino import check_config as check_dino_config
+from experiments.dino import teacher_temperature
+from sslx import experiment
+from sslx.data.masks import ibot_block_masks, ibot_pred_ratios
+from sslx.evaluate import plots
+from sslx.losses import dino, dino_center_update, ibot_patch, ibot_patch_center_update
+from sslx.method import Method
+from sslx.models import Backbone, DINOHead
+
+GLOBAL, LOCAL = _multicrop.GLOBAL, _multicrop.LOCAL
+
+
+class IBOTModel(nnx.Module):
+  """ViT backbone, the shared DINO head and the mask token: the student, and (an EMA copy) the
+  teacher, which never uses its mask token."""
+
+  def __init__(self, config, image_shape, *, rngs: nnx.Rngs):
+    self.encoder = Backbone(config.model, image_shape, rngs=rngs)
+    h = config.head
+    self.head = DINOHead(self.encoder.num_features, h.out_features, hidden=h.hidden,
+                         bottleneck=h.bottleneck, num_layers=h.num_layers, norm=h.norm,
+                         norm_last_layer=h.norm_last_layer, rngs=rngs)
+    # iBOT's masked_embed starts at zero.
+    self.mask_token = nnx.Param(jnp.zeros((self.encoder.num_features,)),
+                                out_sharding=("embed",), eager_sharding=False)
+
+  def token_logits(self, x, *, train: bool, rng=None, mask=None):
+    """Global crops [n, H, W, C] (mask [n, N] or None) -> ([CLS] logits [n, K], patch logits
+    [n, N, K], the backbone's [CLS] features [n, D]); the head sees the [CLS] and patch tokens
+    in one pass, as iBOT's shared head."""
+    out = self.encoder.net(x, mask=mask, mask_token=None if mask is None else self.mask_token[...],
+                           train=train, rng=rng)
+    tokens = jnp.concatenate([out["cls"][:, None], out["patches"]], axis=1)
+    n, t, d = tokens.shape
+    logits = self.head(tokens.reshape(n * t, d), train=train).reshape(n, t, -1)
+    return logits[:, 0], logits[:, 1:], out["cls"]
+
+  def cls_logits(self, x, *, train: bool, rng=None):
+    """Local crops: only the [CLS] token enters the loss."""
+    return self.head(self.encoder(x, train=train, rng=rng), train=train)
+
+
+def check_config(config) -> None:
+  check_dino_config(config)
+  if config.model.name != "vit" or not config.model.vit.class_token:
+    raise ValueError(f"iBOT needs a ViT with a class token: config.model.name must be 'vit' and "
+                     f"config.model.vit.class_token True, got {config.model.name!r} and "
+                     f"{config.model.vit.class_token!r}")
+  c = config.loss
+  for field in ("teacher_patch_temp", "warmup_teacher_patch_temp"):
+    experiment.check_positive(f"config.loss.{field}", c[field])
+  experiment.check_non_negative("config.loss.warmup_teacher_patch_temp_steps",
+                                c.warmup_teacher_patch_temp_steps)
+  if not 0 <= c.center_momentum2 <= 1:
+    raise ValueError(f"config.loss.center_momentum2 must be in [0, 1], got {c.center_momentum2}")
+  for field in ("lambda1", "lambda2"):
+    experiment.check_non_negative(f"config.loss.{field}", c[field])
+  try:  # the ratios' own checks, at build time rather than inside the first traced step
+    ibot_pred_ratios(jax.random.PRNGKey(0), 1, tuple(config.ibot.pred_ratio),
+                     tuple(config.ibot.pred_ratio_var))
+  except ValueError as e:
+    raise ValueError(f"config.ibot.pred_ratio / pred_ratio_var: {e}") from None
+
+
+def patch_temperature(config, step):
+  """The patch term's teacher temperature: DINO's linear warm-up with the patch fields."""
+  c = config.loss
+  patch = ml_collections.ConfigDict({"loss": {
+      "teacher_temp": c.teacher_patch_temp, "warmup_teacher_temp": c.warmup_teacher_patch_temp,
+      "warmup_teacher_temp_steps": c.warmup_teacher_patch_temp_steps}})
+  return teacher_temperature(patch, step)
+
+
+def draw_masks(config, rng, num_views: int, batch_size: int, grid_size):
+  """[V, B, N] bool block-wise masks, one per global crop (iBOT draws one per image and crop)."""
+  masks = ibot_block_masks(rng, num_views * batch_size, grid_size,
+                           pred_ratio=tuple(config.ibot.pred_ratio),
+                           pred_ratio_var=tuple(config.ibot.pred_ratio_var))
+  return masks.reshape(num_views, batch_size, -1)
+
+
+def get_method(config) -> Method:
+  check_config(config)
+  loss_config = config.loss
+  images = _multicrop.images_for(config)
+  net = _multicrop.MultiCropNetwork(
+      lambda rngs, shape: IBOTModel(config, shape, rngs=rngs), config, images)
+  grid_size = net.global_network.abstract.encoder.net.grid_size
+
+  def init(rng, batch):
+    del batch
+    variables = net.init(rng)
+    # The teacher starts as a copy of the student; both centers at zero.
+    teacher = jax.tree.map(jnp.copy, {"params": variables["params"],
+                                      "batch_stats": variables["batch_stats"]})
+    k = config.head.out_features
+    variables = {**variables, "teacher": teacher, "center": jnp.zeros((k,), jnp.float32),
+                 "patch_center": jnp.zeros((k,), jnp.float32)}
+    if not variables["batch_stats"]:  # no BatchNorm in the head: no state entry that never moves
+      del variables["batch_stats"]
+    return variables
+
+  def apply(variables, x):
+    teacher = variables["teacher"]
+    model = net.merge(teacher["params"], teacher["batch_stats"])
+    return model.encoder(images.for_eval(x), train=False)
+
+  def loss(params, variables, batch, rng):
+    step = variables["step"]
+    views, encoder_rng = _multicrop.crop_views(rng, batch["image"], config, images)
+    num_global, batch_size = views[GLOBAL].shape[:2]
+    masks = draw_masks(config, jax.random.fold_in(rng, 2), num_global, batch_size, grid_size)
+    head = dict(params["head"])
+    for name in ("last_v", "last_g"):  # iBOT's freeze_last_layer, as DINO
+      if name in head:
+        head[name] = _multicrop.frozen_until(head[name], step, loss_config.freeze_last_layer_steps)
+    student = {**params, "head": head}
+    flat_masks = masks.reshape(num_global * batch_size, -1)  # view-major, as encode's batches
+    (student_cls, student_patches, features), batch_stats = net.encode(
+        lambda m, x, r: m.token_logits(x, train=True, rng=r, mask=flat_masks), student,
+        variables.get("batch_stats", {}), views, encoder_rng, groups=(GLOBAL,))
+    if LOCAL in views:
+      local_cls, batch_stats = net.encode(
+          lambda m, x, r: m.cls_logits(x, train=True, rng=r), student, batch_stats, views,
+          jax.random.fold_in(encoder_rng, 1), groups=(LOCAL,))
+      student_cls = jnp.concatenate([student_cls, local_cls])  # global views first
+    teacher = variables["teacher"]
+    (teacher_cls, teacher_patches, _), teacher_stats = net.encode(
+        lambda m, x, r: m.token_logits(x, train=True), teacher["params"], teacher["batch_stats"],
+        views, groups=(GLOBAL,))
+    teacher_cls, teacher_patches = jax.lax.stop_gradient((teacher_cls, teacher_patches))
+    cls_temp, patch_temp = teacher_temperature(config, step), patch_temperature(config, step)
+    center, patch_center = variables["center"], variables["patch_center"]
+    cls_loss = dino(student_cls, teacher_cls, center, student_temp=loss_config.student_temp,
+                    teacher_temp=cls_temp)
+    patch_loss = ibot_patch(student_patches, teacher_patches, masks, patch_center,
+                            student_temp=loss_config.student_temp, teacher_temp=patch_temp)
+    value = loss_config.lambda1 * cls_loss + loss_config.lambda2 * patch_loss
+    targets = jax.nn.softmax((teacher_cls - center) / cls_temp, axis=-1)
+    metrics = {
+        # On the backbone's [CLS] of the two masked global crops: the representation evaluated.
+        **experiment.embedding_metrics(features[0], features[1]),
+        "train/cls_loss": cls_loss,
+        "train/patch_loss": patch_loss,
+        "train/masked_fraction": jnp.mean(masks),
+        "train/teacher_temperature": cls_temp,
+        "train/teacher_entropy": jnp.mean(-jnp.sum(targets * jnp.log(targets + 1e-12), -1)),
+    }
+    state = {"teacher": {"params": teacher["params"], "batch_stats": teacher_stats},
+             "center": dino_center_update(center, teacher_cls,
+                                          momentum=loss_config.center_momentum),
+             "patch_center": ibot_patch_center_update(patch_center, teacher_patches,
+                                                      momentum=loss_config.center_momentum2)}
+    if "batch_stats" in variables:
+      state["batch_stats"] = batch_stats
+    return value, {"metrics": metrics, "state": state}
+
+  return Method(init=init, apply=apply, loss=loss, param_axes=net.param_axes,
+                after_update=experiment.ema_teacher_update(config))
+
+
+# ------------------------------------------------------------------------------------------
+# Attention maps.
+
+
+def cls_attention(config, encoder_params, images):
+  """The last block's [CLS] attention [B, heads, N] of the ViT `config.model` with
+  `encoder_params` (``variables["teacher"]["params"]["encoder"]`` of iBOT or DINO) on `images`
+  (float [B, H, W, C] in [0, 1] at the global crop size)."""
+  spec = _multicrop.images_for(config)
+  images = jnp.asarray(images, jnp.float32)
+  if images.ndim != 4 or tuple(images.shape[1:]) != spec.view_shape:
+    raise ValueError(f"images must be [B, {', '.join(map(str, spec.view_shape))}] floats in "
+                     f"[0, 1] (the global crop size), got shape {images.shape}")
+  if config.model.name != "vit":
+    raise ValueError(f"attention maps need config.model.name 'vit', got {config.model.name!r}")
+  encoder = experiment.Network(lambda rngs: Backbone(config.model, spec.view_shape, rngs=rngs))
+  vit = encoder.merge(encoder_params, {}).net
+  return vit.cls_attention(spec.normalize(images)), vit.grid_size
+
+
+def save_attention_maps(config, encoder_params, images, path: str) -> str:
+  """A PNG of `cls_attention` per head over the patch grid (one row per image). Returns
+  `path`."""
+  attention, grid_size = cls_attention(config, encoder_params, images)
+  return plots.plot_attention_maps(images, attention, grid_size, path,
+                                   title=f"{config.experiment}: last block [CLS] attention")
