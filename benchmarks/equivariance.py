@@ -38,7 +38,8 @@ flags.DEFINE_list("methods", ["sie"], "methods to train and evaluate")
 flags.DEFINE_integer("steps", 200, "optimizer steps per method (batch 256)")
 flags.DEFINE_integer("train", 5000, "training images whose pairs fit the regressors")
 flags.DEFINE_integer("test", 2000, "test images whose pairs are scored")
-flags.DEFINE_float("degrees", 90.0, "each view is rotated uniformly in +-degrees")
+flags.DEFINE_float("degrees", 20.0,
+                   "each view is rotated uniformly in +-degrees (configs/sie.py's range)")
 flags.DEFINE_string("output", os.path.join(HERE, "results", "equivariance.json"), "JSON output")
 
 
