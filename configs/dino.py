@@ -26,6 +26,20 @@ from configs import _multicrop, common
 from sslx.data import views
 
 
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
+  """The smoke variant of DINO's settings (iBOT's too): tiny crops, head and schedules. Without
+  BatchNorm the head's outputs start alike for every image and a dozen steps on one fixed batch
+  collapse them."""
+  common.shrink_for_smoke(c)
+  _multicrop.shrink_for_smoke(c)
+  c.head.out_features = 64
+  c.head.hidden = 32
+  c.head.bottleneck = 16
+  c.head.norm = "batch"
+  c.loss.warmup_teacher_temp_steps = 4
+  c.loss.freeze_last_layer_steps = 2
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dataset, args = common.parse_variant(arg)
   c = common.method_config("dino", dataset)
@@ -97,13 +111,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.grad_clip_norm = 3.0
     c.ema = common.ema_config(base=0.996, reference_batch_size=1024)
   if args.get("smoke"):
-    common.shrink_for_smoke(c)
-    _multicrop.shrink_for_smoke(c)
-    c.head.out_features = 64
-    c.head.hidden = 32
-    c.head.bottleneck = 16
-    c.head.norm = "batch"
-    c.loss.warmup_teacher_temp_steps = 4
-    c.loss.freeze_last_layer_steps = 2
+    shrink_for_smoke(c)
   c.lock()
   return c

@@ -25,7 +25,7 @@ out_dim 8192, 10 local crops, global scale (0.32, 1), local (0.05, 0.32), pred_r
 
 import ml_collections
 
-from configs import _multicrop, common
+from configs import _multicrop, common, dino
 from sslx.data import views
 
 
@@ -94,16 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.grad_clip_norm = 3.0
     c.ema = common.ema_config(base=0.996, reference_batch_size=1024)
   if args.get("smoke"):
-    common.shrink_for_smoke(c)
-    _multicrop.shrink_for_smoke(c)
-    c.head.out_features = 64
-    c.head.hidden = 32
-    c.head.bottleneck = 16
-    # As DINO's smoke variant: without BN the head's outputs start alike for every image and a
-    # dozen steps on one fixed batch collapse them.
-    c.head.norm = "batch"
-    c.loss.warmup_teacher_temp_steps = 4
+    dino.shrink_for_smoke(c)
     c.loss.warmup_teacher_patch_temp_steps = 4
-    c.loss.freeze_last_layer_steps = 2
   c.lock()
   return c

@@ -49,6 +49,15 @@ def check_config(config) -> None:
     raise ValueError(f"loss.center_momentum must be in [0, 1], got {c.center_momentum}")
 
 
+def teacher_backbone_apply(net, images):
+  """`Method.apply` of DINO and iBOT: the EMA teacher's backbone, as both papers evaluate."""
+  def apply(variables, x):
+    teacher = variables["teacher"]
+    model = net.merge(teacher["params"], teacher["batch_stats"])
+    return model.encoder(images.for_eval(x), train=False)
+  return apply
+
+
 def get_method(config) -> Method:
   check_config(config)
   loss_config = config.loss
@@ -65,10 +74,7 @@ def get_method(config) -> Method:
     return {**variables, "teacher": teacher,
             "center": jnp.zeros((config.head.out_features,), jnp.float32)}
 
-  def apply(variables, x):  # DINO evaluates the teacher's backbone
-    teacher = variables["teacher"]
-    model = net.merge(teacher["params"], teacher["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
+  apply = teacher_backbone_apply(net, images)
 
   def loss(params, variables, batch, rng):
     step = variables["step"]

@@ -21,7 +21,7 @@ from flax import nnx
 
 from experiments import _multicrop
 from experiments.dino import check_config as check_dino_config
-from experiments.dino import teacher_temperature
+from experiments.dino import teacher_backbone_apply, teacher_temperature
 from sslx import experiment
 from sslx.data.masks import ibot_block_masks, ibot_pred_ratios
 from sslx.evaluate import plots
@@ -122,10 +122,7 @@ def get_method(config) -> Method:
       del variables["batch_stats"]
     return variables
 
-  def apply(variables, x):
-    teacher = variables["teacher"]
-    model = net.merge(teacher["params"], teacher["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
+  apply = teacher_backbone_apply(net, images)
 
   def loss(params, variables, batch, rng):
     step = variables["step"]
