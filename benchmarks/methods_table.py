@@ -19,7 +19,9 @@ encoder than the shared ResNet (the ViT methods) is also evaluated at its own ra
 initialisation, read through its own `apply`, and compared with that. A method whose kNN top-1 is
 not above its random initialisation's is flagged in the table and makes the script exit with
 status 1. Methods whose default preset is not an image dataset (T-JEPA's tabular data) have their
-own table, benchmarks/tabular_table.py.
+own table, benchmarks/tabular_table.py. A method whose experiment module draws pictures of the
+trained model (MAE's reconstructions, iBOT's attention maps: `save_pictures`) leaves them in
+`results/pictures/`.
 """
 
 import glob
@@ -107,6 +109,7 @@ def measure_method(name: str) -> dict:
     results = loop.train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - t0
     records = read_metrics(workdir)
+    pictures = keep_pictures(results["pictures"])
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   row = results["rows"]["SSL encoder"]
@@ -120,11 +123,23 @@ def measure_method(name: str) -> dict:
       "images_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None,
       "seconds": round(seconds, 1), "config": f"configs/{name}.py",
       "encoder": "shared ResNet" if uses_shared_backbone(config) else config.model.name,
-      "random_init": results["rows"].get("random encoder"),
+      "random_init": results["rows"].get("random encoder"), "pictures": pictures,
       "eval": {"train_examples": FLAGS.eval_train, "test_examples": FLAGS.eval_test,
                "knn": f"k={config.eval.knn_k}, T={config.eval.knn_temperature}"},
       "jax": jax.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
   }
+
+
+def keep_pictures(paths: list[str]) -> list[str]:
+  """Copies a run's method pictures (MAE reconstructions, attention maps) into
+  `<results>/pictures/`; returns their paths relative to the results directory."""
+  kept = []
+  for path in paths:
+    relative = os.path.join("pictures", os.path.basename(path))
+    os.makedirs(os.path.join(FLAGS.results, "pictures"), exist_ok=True)
+    shutil.copyfile(path, os.path.join(FLAGS.results, relative))
+    kept.append(relative)
+  return kept
 
 
 def measure_baselines() -> dict:

@@ -1,6 +1,11 @@
 """DINO (Caron et al. 2021): a student sees every multi-crop view and matches the centred,
 sharpened output of an EMA teacher that sees only the global views; no negatives, no labels.
+
+With a ViT, `save_pictures` draws the teacher's last-block [CLS] attention per head (the paper's
+Fig. 1) after a run; iBOT shares it.
 """
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -112,3 +117,43 @@ def get_method(config) -> Method:
 
   return Method(init=init, apply=apply, loss=loss, param_axes=net.param_axes,
                 after_update=experiment.ema_teacher_update(config))
+
+
+# ------------------------------------------------------------------------------------------
+# Attention maps (DINO and iBOT).
+
+
+def cls_attention(config, encoder_params, images):
+  """The last block's [CLS] attention [B, heads, N] of the ViT `config.model` with
+  `encoder_params` (``variables["teacher"]["params"]["encoder"]`` of DINO or iBOT) on `images`
+  (float [B, H, W, C] in [0, 1] at the global crop size)."""
+  spec = _multicrop.images_for(config)
+  images = jnp.asarray(images, jnp.float32)
+  if images.ndim != 4 or tuple(images.shape[1:]) != spec.view_shape:
+    raise ValueError(f"images must be [B, {', '.join(map(str, spec.view_shape))}] floats in "
+                     f"[0, 1] (the global crop size), got shape {images.shape}")
+  if config.model.name != "vit":
+    raise ValueError(f"attention maps need config.model.name 'vit', got {config.model.name!r}")
+  encoder = experiment.Network(lambda rngs: Backbone(config.model, spec.view_shape, rngs=rngs))
+  vit = encoder.merge(encoder_params, {}).net
+  return vit.cls_attention(spec.normalize(images)), vit.grid_size
+
+
+def save_attention_maps(config, encoder_params, images, path: str) -> str:
+  """A PNG of `cls_attention` per head over the patch grid (one row per image). Returns
+  `path`."""
+  from sslx.evaluate import plots  # matplotlib loads only when a picture is drawn
+  attention, grid_size = cls_attention(config, encoder_params, images)
+  return plots.plot_attention_maps(images, attention, grid_size, path,
+                                   title=f"{config.experiment}: last block [CLS] attention")
+
+
+def save_pictures(config, variables, images, directory: str) -> list[str]:
+  """The method's pictures of a trained run (`sslx.train.loop` calls it after training with the
+  monitor set's first images, uint8 [B, H, W, C]): the teacher's attention maps in
+  `<directory>/<experiment>_attention.png`, or none for a convolutional backbone."""
+  if config.model.name != "vit":
+    return []
+  x = _multicrop.images_for(config).resized(jnp.asarray(images, jnp.float32) / 255.0)
+  path = os.path.join(directory, f"{config.experiment}_attention.png")
+  return [save_attention_maps(config, variables["teacher"]["params"]["encoder"], x, path)]

@@ -11,7 +11,7 @@ patches)``, each term with its own teacher temperature and center (`sslx.losses`
 sees the global crops unmasked. `Method.apply` is the teacher backbone's [CLS] token, as iBOT
 evaluates (kNN and linear probe on the teacher).
 
-`save_attention_maps` draws the last block's [CLS] attention per head (also for DINO's ViT).
+`save_pictures` (DINO's) draws the teacher's last-block [CLS] attention per head after a run.
 """
 
 import jax
@@ -21,27 +21,22 @@ from flax import nnx
 
 from experiments import _multicrop
 from experiments.dino import check_config as check_dino_config
-from experiments.dino import teacher_backbone_apply, teacher_temperature
+from experiments.dino import DINOModel, teacher_backbone_apply, teacher_temperature
+from experiments.dino import save_pictures  # noqa: F401  the teacher's attention maps, as DINO's
 from sslx import experiment
 from sslx.data.masks import ibot_block_masks, ibot_pred_ratios
-from sslx.evaluate import plots
 from sslx.losses import dino, dino_center_update, ibot_patch, ibot_patch_center_update
 from sslx.method import Method
-from sslx.models import Backbone, DINOHead
 
 GLOBAL, LOCAL = _multicrop.GLOBAL, _multicrop.LOCAL
 
 
-class IBOTModel(nnx.Module):
-  """ViT backbone, the shared DINO head and the mask token: the student, and (an EMA copy) the
-  teacher, which never uses its mask token."""
+class IBOTModel(DINOModel):
+  """DINO's backbone and head (one head for the [CLS] and the patch tokens) plus the mask token:
+  the student, and (an EMA copy) the teacher, which never uses its mask token."""
 
   def __init__(self, config, image_shape, *, rngs: nnx.Rngs):
-    self.encoder = Backbone(config.model, image_shape, rngs=rngs)
-    h = config.head
-    self.head = DINOHead(self.encoder.num_features, h.out_features, hidden=h.hidden,
-                         bottleneck=h.bottleneck, num_layers=h.num_layers, norm=h.norm,
-                         norm_last_layer=h.norm_last_layer, rngs=rngs)
+    super().__init__(config, image_shape, rngs=rngs)
     # iBOT's masked_embed starts at zero.
     self.mask_token = nnx.Param(jnp.zeros((self.encoder.num_features,)),
                                 out_sharding=("embed",), eager_sharding=False)
@@ -57,9 +52,6 @@ class IBOTModel(nnx.Module):
     logits = self.head(tokens.reshape(n * t, d), train=train).reshape(n, t, -1)
     return logits[:, 0], logits[:, 1:], out["cls"]
 
-  def cls_logits(self, x, *, train: bool, rng=None):
-    """Local crops: only the [CLS] token enters the loss."""
-    return self.head(self.encoder(x, train=train, rng=rng), train=train)
 
 
 def check_config(config) -> None:
@@ -140,7 +132,7 @@ def get_method(config) -> Method:
         variables.get("batch_stats", {}), views, encoder_rng, groups=(GLOBAL,))
     if LOCAL in views:
       local_cls, batch_stats = net.encode(
-          lambda m, x, r: m.cls_logits(x, train=True, rng=r), student, batch_stats, views,
+          lambda m, x, r: m.logits(x, train=True, rng=r), student, batch_stats, views,
           jax.random.fold_in(encoder_rng, 1), groups=(LOCAL,))
       student_cls = jnp.concatenate([student_cls, local_cls])  # global views first
     teacher = variables["teacher"]
@@ -176,31 +168,3 @@ def get_method(config) -> Method:
 
   return Method(init=init, apply=apply, loss=loss, param_axes=net.param_axes,
                 after_update=experiment.ema_teacher_update(config))
-
-
-# ------------------------------------------------------------------------------------------
-# Attention maps.
-
-
-def cls_attention(config, encoder_params, images):
-  """The last block's [CLS] attention [B, heads, N] of the ViT `config.model` with
-  `encoder_params` (``variables["teacher"]["params"]["encoder"]`` of iBOT or DINO) on `images`
-  (float [B, H, W, C] in [0, 1] at the global crop size)."""
-  spec = _multicrop.images_for(config)
-  images = jnp.asarray(images, jnp.float32)
-  if images.ndim != 4 or tuple(images.shape[1:]) != spec.view_shape:
-    raise ValueError(f"images must be [B, {', '.join(map(str, spec.view_shape))}] floats in "
-                     f"[0, 1] (the global crop size), got shape {images.shape}")
-  if config.model.name != "vit":
-    raise ValueError(f"attention maps need config.model.name 'vit', got {config.model.name!r}")
-  encoder = experiment.Network(lambda rngs: Backbone(config.model, spec.view_shape, rngs=rngs))
-  vit = encoder.merge(encoder_params, {}).net
-  return vit.cls_attention(spec.normalize(images)), vit.grid_size
-
-
-def save_attention_maps(config, encoder_params, images, path: str) -> str:
-  """A PNG of `cls_attention` per head over the patch grid (one row per image). Returns
-  `path`."""
-  attention, grid_size = cls_attention(config, encoder_params, images)
-  return plots.plot_attention_maps(images, attention, grid_size, path,
-                                   title=f"{config.experiment}: last block [CLS] attention")

@@ -9,7 +9,8 @@ masking: its [CLS] token by default (`config.mae.eval_features`), the feature MA
 reads (facebookresearch/mae main_linprobe.py defaults to the class token; fine-tuning pools the
 patch tokens), or the mean patch token.
 
-`save_reconstructions` draws original / masked / reconstructed images into a PNG.
+`save_reconstructions` draws original / masked / reconstructed images into a PNG; `save_pictures`
+(called by the training loop after a run) draws them for the monitor set's first images.
 """
 
 import os
@@ -197,3 +198,12 @@ def save_reconstructions(config, variables, images, path: str, rng) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   return path
+
+
+def save_pictures(config, variables, images, directory: str) -> list[str]:
+  """The method's pictures of a trained run (`sslx.train.loop` calls it after training with the
+  monitor set's first images, uint8 [B, H, W, C]): `<directory>/mae_reconstructions.png`, masks
+  drawn with the config's seed."""
+  x = experiment.images_for(config).resized(jnp.asarray(images, jnp.float32) / 255.0)
+  path = os.path.join(directory, "mae_reconstructions.png")
+  return [save_reconstructions(config, variables, x, path, jax.random.PRNGKey(config.seed))]

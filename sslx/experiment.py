@@ -33,12 +33,15 @@ class Images(NamedTuple):
     """float images in [0, 1] -> (images - mean) / std."""
     return (images - self.mean) / self.std
 
-  def for_eval(self, images):
-    """Evaluation images (float, [0, 1]) resized to the training view size (a ViT needs it),
-    then normalised."""
+  def resized(self, images):
+    """Float images in [0, 1] resized to the training view size (a ViT needs it)."""
     if images.shape[1:3] != self.view_hw:
       images = jax.image.resize(images, (images.shape[0], *self.view_shape), "bilinear")
-    return self.normalize(images)
+    return images
+
+  def for_eval(self, images):
+    """Evaluation images (float, [0, 1]) resized to the training view size, then normalised."""
+    return self.normalize(self.resized(images))
 
 
 def images_for(config, view_config=None) -> Images:

@@ -9,7 +9,7 @@
   embeddings coloured by label; without scikit-learn (a test extra) the map falls back to the
   first two principal components and says so in its title and the log;
 * attention maps (`plot_attention_maps`): a ViT's last-block [CLS] attention per head over the
-  patch grid (DINO, iBOT; drawn by `experiments/ibot.py` `save_attention_maps`).
+  patch grid (DINO, iBOT; drawn by `experiments/dino.py` `save_attention_maps`).
 
 Training writes them into the workdir when ``config.eval.plots`` is set, and so does
 ``python -m sslx.evaluate``; the embeddings come from `sslx.evaluate.monitor`.

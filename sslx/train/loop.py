@@ -36,8 +36,8 @@ class NonFiniteLossError(FloatingPointError):
 NONFINITE_POLICIES = ("stop", "skip")
 
 
-def get_method(config):
-  """The experiment module `experiments.<config.experiment>` builds the Method."""
+def experiment_module(config):
+  """The experiment module `experiments.<config.experiment>`."""
   try:
     module = importlib.import_module(f"experiments.{config.experiment}")
   except ModuleNotFoundError as e:
@@ -45,7 +45,12 @@ def get_method(config):
       raise  # the module exists but one of its own imports failed
     raise ValueError(f"config.experiment={config.experiment!r}: no module "
                      f"experiments/{config.experiment}.py (run from the repository root)") from e
-  return module.get_method(config)
+  return module
+
+
+def get_method(config):
+  """The experiment module builds the Method."""
+  return experiment_module(config).get_method(config)
 
 
 def build_method(config):
@@ -196,9 +201,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.close()
     checkpointer.close()
     return {"state": state, "preempted": True}
+  pictures = []
   if config.eval.plots:
     from sslx.evaluate import plots  # matplotlib is imported only when plots are written
     plots.write_run_plots(workdir, monitor, state.variables)
+    pictures = save_method_pictures(config, state.variables, monitor.monitor_set.images,
+                                    workdir)
 
   results = {}
   if config.eval.enabled:
@@ -209,7 +217,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
       print(report.format_table(results["rows"]))
   writer.close()
   checkpointer.close()
-  return {"state": state, **results}
+  return {"state": state, "pictures": pictures, **results}
+
+
+PICTURE_IMAGES = 8  # monitor images drawn by a method's own pictures
+
+
+def save_method_pictures(config, variables, monitor_images, workdir: str) -> list[str]:
+  """The experiment module's own pictures of the trained model, if it defines
+  `save_pictures(config, variables, images, directory) -> paths` (MAE reconstructions, DINO /
+  iBOT attention maps), drawn on the first monitor images into the workdir. Single-process runs
+  only: the pictures read the variables on one host."""
+  save_pictures = getattr(experiment_module(config), "save_pictures", None)
+  if save_pictures is None:
+    return []
+  if jax.process_count() > 1:
+    logging.info("%s pictures are drawn by single-process runs only", config.experiment)
+    return []
+  paths = save_pictures(config, jax.device_get(variables), monitor_images[:PICTURE_IMAGES],
+                        workdir)
+  logging.info("method pictures written: %s", paths)
+  return paths
 
 
 # Fields that define the trajectory of a run: a resumed run must not change them.

@@ -32,8 +32,7 @@ def setup():
   method = data2vec_experiment.get_method(config)
   batch = fixed_batch(BATCH)
   variables = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
-  variables = {**variables, "teacher": {"params": jax.tree.map(
-      lambda x: 1.1 * x + 0.01, variables["teacher"]["params"])}}
+  variables = helpers.with_teacher_moved(variables)
   images, net = data2vec_experiment._network(config)
   return config, method, batch, variables, images, net
 
@@ -135,15 +134,7 @@ def test_the_teacher_gets_no_gradient(setup, loss_and_grads):
 
 def test_after_update_moves_the_teacher_towards_the_student_encoder(setup):
   config, method, _, variables, _, _ = setup
-  new_state, metrics = method.after_update(variables["params"], {"teacher": variables["teacher"]},
-                                           jnp.asarray(0))
-  momentum = float(metrics["train/ema_momentum"])
-  assert momentum == pytest.approx(config.ema.base)
-  for new, old, student in zip(jax.tree.leaves(new_state["teacher"]["params"]),
-                               jax.tree.leaves(variables["teacher"]["params"]),
-                               jax.tree.leaves(variables["params"]["encoder"])):
-    np.testing.assert_allclose(new, momentum * old + (1 - momentum) * student, rtol=1e-5,
-                               atol=1e-7)
+  helpers.assert_teacher_follows_the_encoder(method, variables, config.ema.base)
 
 
 def test_apply_is_the_student_mean_patch_token_on_all_patches(setup):

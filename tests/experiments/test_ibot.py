@@ -10,13 +10,16 @@ import pytest
 from flax import nnx
 from matplotlib import image as mpimg
 
+from configs import dino as dino_config
 from configs import ibot as ibot_config
 from experiments import _multicrop
+from experiments import dino as dino_experiment
 from experiments import ibot as ibot_experiment
 from sslx.evaluate import plots
 from sslx.losses import dino, dino_center_update, ibot_patch, ibot_patch_center_update
 from sslx.losses import patchify
 from sslx.models.vit import vit as make_vit
+from sslx.train import loop
 from tests.experiments.test_methods import fixed_batch
 from tests.train import helpers
 
@@ -37,9 +40,7 @@ def setup():
   # A teacher that is not the student, a mask token that is not zero, and centers that are not
   # zero, so that using the wrong one shows.
   params = {**variables["params"], "mask_token": jnp.linspace(-1.0, 1.0, 16)}
-  teacher = {**variables["teacher"], "params": jax.tree.map(
-      lambda x: 1.1 * x + 0.01, variables["teacher"]["params"])}
-  variables = {**variables, "params": params, "teacher": teacher, "step": jnp.asarray(1),
+  variables = {**helpers.with_teacher_moved(variables), "params": params, "step": jnp.asarray(1),
                "center": 0.1 * jnp.sin(jnp.arange(64.0)),
                "patch_center": 0.1 * jnp.cos(jnp.arange(64.0))}
   return config, method, batch, variables
@@ -173,12 +174,12 @@ def test_attention_maps_are_the_cls_row_and_the_png_depends_on_them(setup, tmp_p
   config, _, batch, variables = setup
   x = batch["image"][:2].astype(jnp.float32) / 255
   encoder = variables["teacher"]["params"]["encoder"]
-  attention, grid = ibot_experiment.cls_attention(config, encoder, x)
+  attention, grid = dino_experiment.cls_attention(config, encoder, x)
   assert attention.shape == (2, 2, 49) and grid == (7, 7)
   # Softmax rows over [CLS] + 49 patches: the patches' share is positive and below 1.
   share = np.asarray(attention).sum(-1)
   assert np.all(share > 0) and np.all(share < 1)
-  path = ibot_experiment.save_attention_maps(config, encoder, x, str(tmp_path / "attn.png"))
+  path = dino_experiment.save_attention_maps(config, encoder, x, str(tmp_path / "attn.png"))
   first = mpimg.imread(path)
   assert first.shape[0] > 100 and first.shape[1] > 200
   # Another attention gives another picture; the same one the same picture.
@@ -191,7 +192,21 @@ def test_attention_maps_are_the_cls_row_and_the_png_depends_on_them(setup, tmp_p
   with pytest.raises(ValueError, match="attention must be"):
     plots.plot_attention_maps(x, attention[:, :, :40], grid, str(tmp_path / "bad.png"))
   with pytest.raises(ValueError, match="images must be"):
-    ibot_experiment.cls_attention(config, encoder, x[:, :20])
+    dino_experiment.cls_attention(config, encoder, x[:, :20])
+
+
+def test_the_training_loop_draws_the_teachers_attention_maps(setup, tmp_path):
+  config, _, batch, variables = setup
+  monitor_images = np.asarray(batch["image"])  # uint8, as the monitor set holds them
+  paths = loop.save_method_pictures(config, variables, monitor_images, str(tmp_path))
+  assert paths == [str(tmp_path / "ibot_attention.png")]
+  x = monitor_images[:loop.PICTURE_IMAGES].astype(np.float32) / 255
+  expected = dino_experiment.save_attention_maps(
+      config, variables["teacher"]["params"]["encoder"], x, str(tmp_path / "e.png"))
+  np.testing.assert_array_equal(mpimg.imread(paths[0]), mpimg.imread(expected))
+  # DINO on the ResNet has no attention to draw.
+  assert dino_experiment.save_pictures(dino_config.get_config("smoke"), {}, monitor_images,
+                                       str(tmp_path)) == []
 
 
 @pytest.mark.parametrize("key, value, message", [

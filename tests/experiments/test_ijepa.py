@@ -13,6 +13,7 @@ from sslx.data import augment
 from sslx.data.masks import multiblock_masks_batch
 from sslx.losses import ijepa as ijepa_loss
 from tests.experiments.test_methods import fixed_batch
+from tests.train import helpers
 
 BATCH = 8
 
@@ -42,8 +43,7 @@ def setup():
   batch = fixed_batch(BATCH)
   variables = jax.jit(method.init)(jax.random.PRNGKey(0), batch)  # jitted: eager init is slow
   # A target encoder that is not the context encoder, so using the wrong one shows.
-  variables = {**variables, "teacher": {"params": jax.tree.map(
-      lambda x: 1.1 * x + 0.01, variables["teacher"]["params"])}}
+  variables = helpers.with_teacher_moved(variables)
   images, net = ijepa_experiment._network(config)
   return config, method, batch, variables, images, net
 
@@ -131,15 +131,7 @@ def test_the_loss_is_sslx_ijepa_on_predictions_and_targets_rebuilt_here(setup, l
 
 def test_after_update_moves_the_target_encoder_towards_the_context_encoder(setup):
   config, method, _, variables, _, _ = setup
-  state = {"teacher": variables["teacher"]}
-  new_state, metrics = method.after_update(variables["params"], state, jnp.asarray(0))
-  momentum = float(metrics["train/ema_momentum"])
-  assert momentum == pytest.approx(config.ema.base)
-  for new, old, student in zip(jax.tree.leaves(new_state["teacher"]["params"]),
-                               jax.tree.leaves(variables["teacher"]["params"]),
-                               jax.tree.leaves(variables["params"]["encoder"])):
-    np.testing.assert_allclose(new, momentum * old + (1 - momentum) * student, rtol=1e-5,
-                               atol=1e-7)
+  helpers.assert_teacher_follows_the_encoder(method, variables, config.ema.base)
 
 
 @pytest.mark.parametrize("eval_encoder", ["target", "context"])

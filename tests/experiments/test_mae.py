@@ -9,11 +9,13 @@ import pytest
 from matplotlib import image as mpimg
 
 from configs import mae as mae_config
+from configs import simclr as simclr_config
 from experiments import mae as mae_experiment
 from sslx.data import augment
 from sslx.data.masks import random_masking_batch
 from sslx.losses import mae as mae_loss
 from sslx.losses import patchify
+from sslx.train import loop
 from tests.experiments.test_methods import fixed_batch
 
 
@@ -128,3 +130,19 @@ def test_reconstruction_png_shows_decoder_output_not_the_input(setup, tmp_path):
   assert picture.ndim == 3 and picture.shape[0] > 100 and picture.shape[1] > 100
   with pytest.raises(ValueError, match="images must be"):
     mae_experiment.reconstruct(config, variables, x[:, :20], rng)
+
+
+def test_the_training_loop_draws_the_reconstructions_of_the_first_monitor_images(setup, tmp_path):
+  config, _, batch, variables, images, _ = setup
+  monitor_images = np.asarray(batch["image"])  # uint8, as the monitor set holds them
+  paths = loop.save_method_pictures(config, variables, monitor_images, str(tmp_path))
+  assert paths == [str(tmp_path / "mae_reconstructions.png")]
+  # The same picture as save_reconstructions on the first PICTURE_IMAGES images in [0, 1] with
+  # the config's seed, drawn independently here.
+  x = monitor_images[:loop.PICTURE_IMAGES].astype(np.float32) / 255
+  expected = mae_experiment.save_reconstructions(config, variables, x, str(tmp_path / "e.png"),
+                                                 jax.random.PRNGKey(config.seed))
+  np.testing.assert_array_equal(mpimg.imread(paths[0]), mpimg.imread(expected))
+  # A method without pictures draws none.
+  assert loop.save_method_pictures(simclr_config.get_config("smoke"), {}, monitor_images,
+                                   str(tmp_path)) == []

@@ -23,11 +23,8 @@ def setup():
   config = smoke_config()
   method = seq_jepa.get_method(config)
   batch = fixed_batch(8)
-  variables = dict(jax.jit(method.init)(jax.random.PRNGKey(0), batch))
   # A target encoder that is not the online one, so using the wrong one shows.
-  teacher = variables["teacher"]
-  variables["teacher"] = {**teacher, "params": jax.tree.map(lambda x: 1.1 * x + 0.01,
-                                                            teacher["params"])}
+  variables = helpers.with_teacher_moved(jax.jit(method.init)(jax.random.PRNGKey(0), batch))
   variables["step"] = jnp.zeros((), jnp.int32)
   images, net = seq_jepa.network(config)
   return config, method, batch, variables, images, net

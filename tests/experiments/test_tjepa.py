@@ -11,6 +11,7 @@ import pytest
 from configs import tjepa as tjepa_config
 from experiments import tjepa
 from sslx.data import tabular
+from tests.train import helpers
 
 BATCH = 8
 LOSS_RNG = jax.random.PRNGKey(11)
@@ -33,8 +34,7 @@ def setup():
   batch = {"features": jnp.asarray(features), "label": jnp.zeros((BATCH,), jnp.int32)}
   variables = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
   # A target encoder that is not the context encoder, so using the wrong one shows.
-  variables = {**variables, "teacher": {"params": jax.tree.map(
-      lambda x: 1.1 * x + 0.01, variables["teacher"]["params"])}}
+  variables = helpers.with_teacher_moved(variables)
   num_features, net = tjepa._network(config)
   return config, method, batch, variables, net, num_features
 

@@ -25,6 +25,33 @@ def smoke_config(data_dir, method="simclr", **overrides):
   return config
 
 
+def with_teacher_moved(variables) -> dict:
+  """`variables` whose EMA teacher's params are not the student's (1.1 x + 0.01), so that a loss
+  or an `apply` reading the wrong network shows."""
+  import jax
+  teacher = variables["teacher"]
+  return {**variables,
+          "teacher": {**teacher, "params": jax.tree.map(lambda x: 1.1 * x + 0.01,
+                                                        teacher["params"])}}
+
+
+def assert_teacher_follows_the_encoder(method, variables, momentum: float) -> None:
+  """`method.after_update` at step 0 moves every teacher param to
+  ``momentum * teacher + (1 - momentum) * student encoder`` and logs that momentum."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import pytest
+  new_state, metrics = method.after_update(variables["params"], {"teacher": variables["teacher"]},
+                                           jnp.asarray(0))
+  assert float(metrics["train/ema_momentum"]) == pytest.approx(momentum)
+  for new, old, student in zip(jax.tree.leaves(new_state["teacher"]["params"]),
+                               jax.tree.leaves(variables["teacher"]["params"]),
+                               jax.tree.leaves(variables["params"]["encoder"]), strict=True):
+    np.testing.assert_allclose(new, momentum * old + (1 - momentum) * student, rtol=1e-5,
+                               atol=1e-7)
+
+
 def main_command(workdir, data_dir, *flags):
   return [sys.executable, "-m", "sslx.main", f"--config={SMOKE}", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.data.allow_download=False", *flags]
