@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.num_heads = 4
   s.depth = 3
   s.mlp_ratio = 4.0
+  s.eval_features = "encoder"  # or "aggregate"; see experiments/seq_jepa.py
   c.optim.name = "adamw"
   c.optim.b1, c.optim.b2 = 0.9, 0.999
   if dataset == "fashion_mnist":

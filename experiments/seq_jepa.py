@@ -9,8 +9,11 @@ stop-gradient on the target).
 As the authors' SeqJEPA_Transforms (hafezgh/seq-jepa src/models.py): actions are embedded by a
 bias-free Linear and an affine-free BatchNorm; the predictor is Linear -> BatchNorm -> ReLU ->
 Linear onto the encoder's width. The paper's two representations: the encoder's per-view output
-is the equivariant one (`Method.apply`, what kNN and the probes read), the [AGG] output the
-invariant aggregate (`SeqJEPAModel.aggregate`).
+is the equivariant one, the [AGG] output the invariant aggregate (`SeqJEPAModel.aggregate`), which
+the paper reads for classification. `Method.apply` (what kNN and the probes read) gives either,
+by `config.seq_jepa.eval_features`: "encoder", or "aggregate": the aggregator over `seq_len`
+copies of the one un-augmented image, each followed by the identity action (an evaluation image
+comes alone, not as a sequence of views).
 
 Actions are what the augmentation ops report: each view is the config's augmentation followed by
 a rotation, and the action between two views is `sslx.evaluate.equivariance.relative_parameters`
@@ -29,6 +32,10 @@ from sslx.models import MLP, Backbone
 from sslx.models.vit import Block, LayerNorm, _Keys
 
 ACTION_DIM = len(equivariance.PARAMETER_NAMES)
+EVAL_FEATURES = ("encoder", "aggregate")
+# The transformation from a view to itself in `equivariance.relative_parameters`' columns:
+# rotation by 0 (sin 0, cos 1), brightness and contrast ratios 1 (log 0).
+IDENTITY_ACTION = (0.0, 1.0, 0.0, 0.0)
 
 
 class ActionEmbedding(nnx.Module):
@@ -90,6 +97,9 @@ def check_config(config) -> None:
     if not (isinstance(s[name], int) and s[name] >= 1):
       raise ValueError(f"config.seq_jepa.{name} must be an integer >= 1, got {s[name]!r}")
   experiment.check_positive("config.seq_jepa.mlp_ratio", s.mlp_ratio)
+  if s.eval_features not in EVAL_FEATURES:
+    raise ValueError(f"config.seq_jepa.eval_features must be one of {EVAL_FEATURES}, got "
+                     f"{s.eval_features!r}")
   experiment.check_non_negative("config.seq_jepa.rotation_degrees", s.rotation_degrees)
 
 
@@ -133,7 +143,13 @@ def get_method(config) -> Method:
 
   def apply(variables, x):
     model = net.merge(variables["params"], variables["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
+    embedding = model.encoder(images.for_eval(x), train=False)
+    if config.seq_jepa.eval_features == "encoder":
+      return embedding
+    batch = embedding.shape[0]
+    views = jnp.broadcast_to(embedding[:, None], (batch, length, embedding.shape[-1]))
+    identity = jnp.broadcast_to(jnp.asarray(IDENTITY_ACTION), (batch, length - 1, ACTION_DIM))
+    return model.aggregate(views, identity, train=False)
 
   def loss(params, variables, batch, rng):
     view_rng, encoder_rng = jax.random.split(rng)

@@ -112,7 +112,29 @@ def test_the_aggregate_depends_on_the_actions_and_the_last_action_token_is_zero(
   assert agg(z[:, :1], jnp.zeros((6, 0, 4))).shape == agg(z, a).shape
 
 
+def test_apply_reads_the_encoder_or_the_aggregate_of_the_image_repeated_with_identity_actions(
+    setup):
+  config, _, batch, variables, images, net = setup
+  x = batch["image"].astype(jnp.float32) / 255
+  model = net.merge(variables["params"], variables["batch_stats"])
+  z = model.encoder(images.for_eval(x), train=False)
+  np.testing.assert_allclose(seq_jepa.get_method(config).apply(variables, x), z, atol=1e-5)
+  # The identity action is what relative_parameters gives for a view and itself.
+  pipeline = seq_jepa.equivariance.transformation_pipeline(config.augment, degrees=20.0)
+  _, params = seq_jepa.equivariance.view_with_parameters(jax.random.PRNGKey(1), batch["image"],
+                                                         pipeline)
+  itself = seq_jepa.equivariance.relative_parameters(params, params)
+  np.testing.assert_allclose(itself, np.tile(seq_jepa.IDENTITY_ACTION, (8, 1)), atol=1e-6)
+  length = config.seq_jepa.seq_len
+  expected = model.aggregate(jnp.stack([z] * length, axis=1), jnp.stack([itself] * (length - 1),
+                                                                         axis=1), train=False)
+  aggregate = seq_jepa.get_method(smoke_config(**{"seq_jepa.eval_features": "aggregate"}))
+  np.testing.assert_allclose(aggregate.apply(variables, x), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("overrides, message", [
+    ({"seq_jepa.eval_features": "cls"}, r"eval_features must be one of \('encoder', "
+                                        r"'aggregate'\), got 'cls'"),
     ({"seq_jepa.seq_len": 0}, r"config.seq_jepa.seq_len must be an integer >= 1, got 0"),
     ({"seq_jepa.num_heads": 5}, r"config.seq_jepa.num_heads must divide the token width "
                                 r"\(representation 16 \+ action_dim 8 = 24\), got 5"),
