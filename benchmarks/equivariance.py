@@ -100,8 +100,8 @@ def main(argv):
   os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
   with open(FLAGS.output, "w") as f:
     json.dump(out, f, indent=1)
-  print(f"| representation | rotation R2 linear | rotation R2 MLP | colour R2 linear | "
-        f"colour R2 MLP |\n|:--|--:|--:|--:|--:|")
+  print("| representation | rotation R2 linear | rotation R2 MLP | colour R2 linear | "
+        "colour R2 MLP |\n|:--|--:|--:|--:|--:|")
   for name, r in results.items():
     print(f"| {name} | {r['linear']['rotation']:.3f} | {r['mlp']['rotation']:.3f} | "
           f"{r['linear']['color']:.3f} | {r['mlp']['color']:.3f} |")

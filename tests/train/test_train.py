@@ -13,7 +13,7 @@ import pytest
 
 from sslx.train import loop
 from sslx.train.metrics import read_metrics
-from tests.train.helpers import REPO, main_command, run_main, smoke_config, subprocess_env
+from tests.train.helpers import REPO, main_command, smoke_config, subprocess_env
 
 pytestmark = pytest.mark.slow
 
