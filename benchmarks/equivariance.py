@@ -1,10 +1,13 @@
 """Equivariance of trained encoders on Fashion-MNIST: R^2 of the rotation and the colour change
 between two views, regressed from the pair of representations (`sslx.evaluate.equivariance`,
 the SIE paper's protocol), for SIE's whole representation, its invariant and equivariant parts,
-other methods' encoders and the random encoder of the same architecture; JSON + a printed table.
+seq-JEPA's per-view encoder output and its [AGG] aggregate, other methods' encoders and the
+random encoder of the same architecture; JSON + a printed table.
 
     .venv/bin/python benchmarks/equivariance.py                        # SIE vs random encoder
     .venv/bin/python benchmarks/equivariance.py --methods sie,seq_jepa,vicreg
+    .venv/bin/python benchmarks/equivariance.py --methods seq_jepa \
+        --output benchmarks/results/equivariance_seq_jepa.json
 
 Each method is trained as in the methods table (its fashion_mnist preset, `--steps` steps of
 batch 256, the cosine schedules ending there); the evaluation's views are rotations uniform in
@@ -87,6 +90,13 @@ def main(argv):
       from experiments import sie
       embeds["sie invariant part"] = lambda x, f=full, c=config: sie.split(c, f(x))[0]
       embeds["sie equivariant part"] = lambda x, f=full, c=config: sie.split(c, f(x))[1]
+    if name == "seq_jepa":  # the paper's invariant representation beside the per-view one
+      from experiments import seq_jepa
+      aggregate_config = config.copy_and_resolve_references()
+      with aggregate_config.unlocked():
+        aggregate_config.seq_jepa.eval_features = "aggregate"
+      aggregate = jax.jit(seq_jepa.get_method(aggregate_config).apply)
+      embeds["seq_jepa aggregate"] = lambda x, v=trained, f=aggregate: f(v, x)
     if f"random encoder ({config.model.name})" not in embeds:
       embeds[f"random encoder ({config.model.name})"] = lambda x, v=random_init: apply(v, x)
   t0 = time.perf_counter()
