@@ -139,9 +139,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # SIGTERM handler installed for the loop only (given back even when the loop raises).
   with PreemptionWatch() as preemption:
     pending, last_log, warned_upto = [], (start_step, time.perf_counter()), start_step
+    previous_step = None
     for step in range(start_step, config.total_steps):
       batch = pipeline.to_global_batch(next(data_iter), batch_sharding)
       state, metrics = train_step(state, batch)
+      # At most two steps in flight: the host waits for the previous step once this one is
+      # dispatched. XLA's asynchronous dispatch would otherwise let it run up to log_every steps
+      # ahead, and a SIGTERM's save would wait for all of them (minutes on a slow device, past a
+      # scheduler's grace period).
+      if previous_step is not None:
+        previous_step.block_until_ready()
+      previous_step = metrics["train/loss"]
       pending.append(metrics)  # stays on device until the next log
       done = step + 1
       preempted = preemption.reached(done)

@@ -72,6 +72,41 @@ def _wait_for(path, proc, timeout=300):
     time.sleep(0.005)
 
 
+def test_the_host_waits_for_a_step_before_dispatching_the_one_after_next(fashion_mnist_dir,
+                                                                         tmp_path, monkeypatch):
+  """XLA dispatches steps asynchronously; unchecked, the host runs ahead up to the next log and a
+  SIGTERM's save waits for every step queued. With each step's loss delayed 0.2 s on the device,
+  the step two before must be done whenever the loop dispatches one."""
+  real_make_train_step = loop.make_train_step
+  losses, unfinished_at_dispatch = [], []
+
+  def on_device_after_a_pause(x):
+    time.sleep(0.2)
+    return x
+
+  delay = jax.jit(lambda loss: jax.pure_callback(
+      on_device_after_a_pause, jax.ShapeDtypeStruct(loss.shape, loss.dtype), loss))
+
+  def make_slow_train_step(*args, **kwargs):
+    train_step = real_make_train_step(*args, **kwargs)
+
+    def slow_train_step(state, batch):
+      if len(losses) >= 2:
+        unfinished_at_dispatch.append(not losses[-2].is_ready())
+      state, metrics = train_step(state, batch)
+      metrics = {**metrics, "train/loss": delay(metrics["train/loss"])}
+      losses.append(metrics["train/loss"])
+      return state, metrics
+
+    return slow_train_step
+
+  monkeypatch.setattr(loop, "make_train_step", make_slow_train_step)
+  config = smoke_config(fashion_mnist_dir, **{"total_steps": 8, "log_every": 8,
+                                              "checkpoint_every": 8, "eval.enabled": False})
+  loop.train_and_evaluate(config, str(tmp_path))
+  assert len(unfinished_at_dispatch) == 6 and not any(unfinished_at_dispatch)
+
+
 def test_sigterm_saves_exits_zero_and_the_restart_ends_equal(fashion_mnist_dir, straight,
                                                             tmp_path, started):
   proc = started(main_command(tmp_path, fashion_mnist_dir, *FLAGS))
