@@ -48,9 +48,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s.rotation_degrees = 20.0  # as configs/sie.py: larger rotations cost the upright kNN
     # LARS as BYOL's preset, at lr 4 per 256. Sweep (200 steps, one seed, kNN / linear on the
     # first 10000 / 2000 images; the random encoder 74.8 / 78.0): AdamW 1e-3 (the paper's
-    # optimizer) 72.7 / 77.4; LARS lr 8 74.5 / 80.9, lr 4 76.0 / 80.6; with lr 8, EMA 0.98
-    # 73.5 / 81.0, rotations +-45 degrees 71.6 / 80.3, crop scale 0.08-1 73.7 / 81.2, no
-    # rotation 73.8 / 81.3, predictor hidden 2048 74.9 / 80.2; AdamW with EMA 0.996 72.1 / 76.7.
+    # optimizer) 72.7 / 77.4; LARS lr 8 74.5 / 80.9, lr 4 76.0 / 80.6, lr 2 76.4 / 78.1; with
+    # lr 8, EMA 0.98 73.5 / 81.0, rotations +-45 degrees 71.6 / 80.3, crop scale 0.08-1
+    # 73.7 / 81.2, no rotation 73.8 / 81.3, predictor hidden 2048 74.9 / 80.2; AdamW with EMA
+    # 0.996 72.1 / 76.7.
     c.optim.name = "lars"
     c.optim.lr = 4.0
     c.optim.weight_decay = 1e-5
