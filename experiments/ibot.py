@@ -53,7 +53,6 @@ class IBOTModel(DINOModel):
     return logits[:, 0], logits[:, 1:], out["cls"]
 
 
-
 def check_config(config) -> None:
   check_dino_config(config)
   if config.model.name != "vit" or not config.model.vit.class_token:
