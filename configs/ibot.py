@@ -20,7 +20,8 @@ out_dim 8192, 10 local crops, global scale (0.32, 1), local (0.05, 0.32), pred_r
     learned ones);
   - the patch-temperature warm-up is 30 epochs as iBOT's default (the README's command only sets
     the [CLS] one to 50; `--warmup_teacher_patch_temp` keeps its 30-epoch default);
-  - float32 throughout (iBOT trains in float16 autocast).
+  - model.dtype: float32 on fashion_mnist, bfloat16 compute in the cifar10 / imagenet presets
+    (iBOT trains in float16 autocast); parameters and losses float32.
 """
 
 import ml_collections

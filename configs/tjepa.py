@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.name = dataset  # a table of sslx.data.tabular: tells image-only tools to skip it
   c.progress_bar = False
   c.model = ml_collections.ConfigDict()
+  c.model.dtype = "float32"  # compute dtype (float32 | bfloat16), as the image methods' model.dtype
   c.model.num_registers = 1  # [REG] tokens (the authors' n_cls_tokens)
   c.model.mlp_ratio = 1.0  # model_dim_feedforward = model_dim_hidden in the published settings
   c.predictor = ml_collections.ConfigDict()

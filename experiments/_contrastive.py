@@ -25,7 +25,8 @@ def two_view_method(config, build_model: Callable, objective: Objective,
   non-trainable entries at the start (e.g. an empty support set).
   """
   images = experiment.images_for(config)
-  net = experiment.Network(lambda rngs: build_model(config, images.view_shape, rngs=rngs))
+  net = experiment.Network(lambda rngs: build_model(config, images.view_shape, rngs=rngs),
+                           dtype=config.model.dtype)
 
   def init(rng, batch):
     del batch  # the model's shapes come from the config and the dataset

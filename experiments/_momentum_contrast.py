@@ -138,8 +138,10 @@ class MomentumContrast:
     self.images = experiment.images_for(config)
     shape = self.images.view_shape
     key_config = _without_drop_path(config)
-    self.online = experiment.Network(lambda rngs: QueryNetwork(config, shape, rngs=rngs))
-    self.target = experiment.Network(lambda rngs: KeyNetwork(key_config, shape, rngs=rngs))
+    self.online = experiment.Network(lambda rngs: QueryNetwork(config, shape, rngs=rngs),
+                                     dtype=config.model.dtype)
+    self.target = experiment.Network(lambda rngs: KeyNetwork(key_config, shape, rngs=rngs),
+                                     dtype=config.model.dtype)
     self.num_queues = num_queues if config.get("queue_size", 0) else 0
     self.groups = config.get("shuffle_bn_groups", 0)
     self.after_update = experiment.ema_teacher_update(config, followed)

@@ -64,7 +64,8 @@ def redundancy_method(config, objective: Objective, *, num_views: int = 2) -> Me
   if not (isinstance(num_views, int) and num_views >= 2):
     raise ValueError(f"num_views must be an integer >= 2, got {num_views!r}")
   images = experiment.images_for(config)
-  net = experiment.Network(lambda rngs: EncoderProjector(config, images.view_shape, rngs=rngs))
+  net = experiment.Network(lambda rngs: EncoderProjector(config, images.view_shape, rngs=rngs),
+                           dtype=config.model.dtype)
   configs = view_configs(config, num_views)
 
   def init(rng, batch):

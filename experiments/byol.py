@@ -36,8 +36,10 @@ class Online(Target):
 
 def get_method(config) -> Method:
   images = experiment.images_for(config)
-  online = experiment.Network(lambda rngs: Online(config, images.view_shape, rngs=rngs))
-  target = experiment.Network(lambda rngs: Target(config, images.view_shape, rngs=rngs))
+  online = experiment.Network(lambda rngs: Online(config, images.view_shape, rngs=rngs),
+                              dtype=config.model.dtype)
+  target = experiment.Network(lambda rngs: Target(config, images.view_shape, rngs=rngs),
+                              dtype=config.model.dtype)
 
   def followed(params):  # the online parameters (or BN statistics, if any) the target averages
     return {k: v for k, v in params.items() if k in ("encoder", "projector")}

@@ -40,6 +40,7 @@ class GroupedConv(nnx.Module):
                                              out_axis=3)
     self.kernel = nnx.Param(init(rngs.params(), (kernel * kernel, groups, per_group, per_group)))
     self.bias = nnx.Param(jnp.zeros((width,)))
+    self.dtype = jnp.float32  # compute dtype, set by sslx.models.set_compute_dtype
 
   def __call__(self, x):
     """x [B, H, W, C] -> [B, H, W, C]."""
@@ -49,8 +50,9 @@ class GroupedConv(nnx.Module):
     shifts = jnp.stack([padded[:, i:i + height, j:j + width] for i in range(k) for j in range(k)],
                        axis=3)  # [B, H, W, k*k, C]
     shifts = shifts.reshape(batch, height, width, k * k, self.groups, channels // self.groups)
-    y = jnp.einsum("bhwkgc,kgcd->bhwgd", shifts, self.kernel[...])
-    return y.reshape(batch, height, width, channels) + self.bias[...]
+    y = jnp.einsum("bhwkgc,kgcd->bhwgd", shifts.astype(self.dtype),
+                   self.kernel[...].astype(self.dtype))
+    return y.reshape(batch, height, width, channels) + self.bias[...].astype(self.dtype)
 
 
 class ConvDecoder(nnx.Module):
@@ -113,9 +115,10 @@ def _check_config(config) -> None:
 def _network(config):
   _check_config(config)
   images = experiment.images_for(config)
-  net = experiment.Network(lambda rngs: Data2VecModel(config, images.view_shape, rngs=rngs))
+  net = experiment.Network(lambda rngs: Data2VecModel(config, images.view_shape, rngs=rngs),
+                           dtype=config.model.dtype)
   vit = net.abstract.encoder.net
-  depth, top_k = len(vit.blocks), config.data2vec.top_k
+  depth, top_k = vit.depth, config.data2vec.top_k
   if top_k > depth:
     raise ValueError(f"config.data2vec.top_k must be at most the encoder's depth {depth}, got "
                      f"{top_k}")

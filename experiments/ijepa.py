@@ -39,7 +39,9 @@ class IJEPAModel(nnx.Module):
     vit = self.encoder.net
     p = config.predictor
     self.predictor = IJEPAPredictor(encoder_width=vit.width, grid_size=vit.grid_size,
-                                    width=p.width, depth=p.depth, num_heads=p.num_heads, rngs=rngs)
+                                    width=p.width, depth=p.depth, num_heads=p.num_heads,
+                                    remat=config.model.remat,
+                                    attention=config.model.vit.attention, rngs=rngs)
 
 
 def _check_config(config) -> None:
@@ -67,7 +69,8 @@ def _mask_kwargs(config) -> dict:
 def _network(config):
   _check_config(config)
   images = experiment.images_for(config)
-  return images, experiment.Network(lambda rngs: IJEPAModel(config, images.view_shape, rngs=rngs))
+  return images, experiment.Network(lambda rngs: IJEPAModel(config, images.view_shape, rngs=rngs),
+                                    dtype=config.model.dtype)
 
 
 

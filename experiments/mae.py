@@ -13,12 +13,12 @@ patch tokens), or the mean patch token.
 (called by the training loop after a run) draws them for the monitor set's first images.
 """
 
-import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from sslx import experiment
@@ -41,7 +41,9 @@ class MAEModel(nnx.Module):
     d = config.decoder
     self.decoder = MAEDecoder(encoder_width=vit.width, grid_size=vit.grid_size,
                               patch_size=vit.patch_size, in_channels=vit.in_channels,
-                              width=d.width, depth=d.depth, num_heads=d.num_heads, rngs=rngs)
+                              width=d.width, depth=d.depth, num_heads=d.num_heads,
+                              remat=config.model.remat, attention=config.model.vit.attention,
+                              rngs=rngs)
 
   def reconstruct(self, images, keep_indices, *, train: bool, rng=None):
     """images [B, H, W, C] (normalised), keep_indices [B, K] -> (decoder predictions [B, N, P]
@@ -67,7 +69,8 @@ def _check_config(config) -> None:
 def _network(config):
   _check_config(config)
   images = experiment.images_for(config)
-  return images, experiment.Network(lambda rngs: MAEModel(config, images.view_shape, rngs=rngs))
+  return images, experiment.Network(lambda rngs: MAEModel(config, images.view_shape, rngs=rngs),
+                                    dtype=config.model.dtype)
 
 
 def _encoder_features(config, out):
@@ -181,6 +184,8 @@ def save_reconstructions(config, variables, images, path: str, rng) -> str:
   # Here, not at the top: matplotlib loads only when a picture is drawn. Figure, not pyplot:
   # no display and no global figure list.
   from matplotlib.figure import Figure
+
+  from sslx.evaluate import plots
   fig = Figure(figsize=(1.2 * n + 1.2, 3.8))
   axes = fig.subplots(len(rows), n, squeeze=False)
   for i, (name, batch) in enumerate(rows):
@@ -195,9 +200,7 @@ def save_reconstructions(config, variables, images, path: str, rng) -> str:
         ax.set_ylabel(name, fontsize=8)
   fig.suptitle(f"MAE, mask ratio {config.mae.mask_ratio}", fontsize=9)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  return path
+  return plots.save_figure(fig, path)  # local or remote (gs://...) paths
 
 
 def save_pictures(config, variables, images, directory: str) -> list[str]:
@@ -205,5 +208,5 @@ def save_pictures(config, variables, images, directory: str) -> list[str]:
   monitor set's first images, uint8 [B, H, W, C]): `<directory>/mae_reconstructions.png`, masks
   drawn with the config's seed."""
   x = experiment.images_for(config).resized(jnp.asarray(images, jnp.float32) / 255.0)
-  path = os.path.join(directory, "mae_reconstructions.png")
+  path = str(epath.Path(directory) / "mae_reconstructions.png")
   return [save_reconstructions(config, variables, x, path, jax.random.PRNGKey(config.seed))]

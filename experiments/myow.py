@@ -63,8 +63,10 @@ def validate(config):
 def get_method(config) -> Method:
   validate(config)
   images = experiment.images_for(config)
-  online = experiment.Network(lambda rngs: Online(config, images.view_shape, rngs=rngs))
-  target = experiment.Network(lambda rngs: Target(config, images.view_shape, rngs=rngs))
+  online = experiment.Network(lambda rngs: Online(config, images.view_shape, rngs=rngs),
+                              dtype=config.model.dtype)
+  target = experiment.Network(lambda rngs: Target(config, images.view_shape, rngs=rngs),
+                              dtype=config.model.dtype)
   # The mining views: the authors' transform_m (near-full crops and flips only).
   mining_view = {**config.augment.to_dict(), **config.augment_mining}
 

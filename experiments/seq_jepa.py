@@ -106,7 +106,8 @@ def check_config(config) -> None:
 def network(config):
   check_config(config)
   images = experiment.images_for(config)
-  net = experiment.Network(lambda rngs: SeqJEPAModel(config, images.view_shape, rngs=rngs))
+  net = experiment.Network(lambda rngs: SeqJEPAModel(config, images.view_shape, rngs=rngs),
+                           dtype=config.model.dtype)
   width = net.abstract.encoder.num_features + config.seq_jepa.action_dim
   if width % config.seq_jepa.num_heads:
     raise ValueError(f"config.seq_jepa.num_heads must divide the token width (representation "

@@ -142,7 +142,8 @@ def network(config):
   images = experiment.images_for(config)
   backbone = abstract_module(lambda rngs: Backbone(config.model, images.view_shape, rngs=rngs))
   check_config(config, backbone.num_features)
-  return images, experiment.Network(lambda rngs: SIEModel(config, images.view_shape, rngs=rngs))
+  return images, experiment.Network(lambda rngs: SIEModel(config, images.view_shape, rngs=rngs),
+                                    dtype=config.model.dtype)
 
 
 def split(config, representation):

@@ -49,7 +49,8 @@ def siamese_method(config, objective: Objective, *, extra_outputs: int = 0) -> M
   """A SimSiam-style Method (shared weights, no teacher) with the given objective."""
   images = experiment.images_for(config)
   net = experiment.Network(lambda rngs: SimSiamModel(config, images.view_shape,
-                                                     extra_outputs=extra_outputs, rngs=rngs))
+                                                     extra_outputs=extra_outputs, rngs=rngs),
+                           dtype=config.model.dtype)
 
   def init(rng, batch):
     del batch  # shapes come from the config and the dataset

@@ -190,7 +190,8 @@ def _network(config):
   _check_config(config)
   num_features = tabular.num_features(config.data.name)
   return num_features, experiment.Network(lambda rngs: TJEPAModel(config, num_features,
-                                                                  rngs=rngs))
+                                                                  rngs=rngs),
+                                          dtype=config.model.dtype)
 
 
 def mse(predictions, targets):

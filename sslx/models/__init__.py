@@ -2,30 +2,44 @@
 
 `Backbone` builds the encoder named by `config.model` (ResNet or ViT); `vit` also holds the MAE
 decoder and the I-JEPA predictor; `heads` the projector / predictor MLPs, DINO head and SwAV
-prototypes.
+prototypes. Precision: `set_compute_dtype(model, "bfloat16")` makes every layer compute in
+bfloat16 while parameters stay float32; encoders and heads return float32.
 """
 
 from sslx.models.backbone import BACKBONES, Backbone, backbone_config
 from sslx.models.heads import MLP, DINOHead, Prototypes
 from sslx.models.resnet import STAGE_SIZES, STEMS, ResNet, drop_path, per_device_batch_norm, resnet
-from sslx.models.util import abstract_module, count_flops, count_params
+from sslx.models.util import (
+    COMPUTE_DTYPES,
+    REMAT_POLICIES,
+    abstract_module,
+    count_flops,
+    count_params,
+    set_compute_dtype,
+)
 from sslx.models.vit import (
+    ATTENTION_IMPLEMENTATIONS,
     VARIANTS,
     IJEPAPredictor,
     MAEDecoder,
     VisionTransformer,
     sincos_pos_embed_2d,
+    stack_block_params,
+    unstack_block_params,
     vit,
 )
 
 __all__ = [
+    "ATTENTION_IMPLEMENTATIONS",
     "BACKBONES",
+    "COMPUTE_DTYPES",
     "Backbone",
     "DINOHead",
     "IJEPAPredictor",
     "MAEDecoder",
     "MLP",
     "Prototypes",
+    "REMAT_POLICIES",
     "ResNet",
     "STAGE_SIZES",
     "STEMS",
@@ -38,6 +52,9 @@ __all__ = [
     "drop_path",
     "per_device_batch_norm",
     "resnet",
+    "set_compute_dtype",
     "sincos_pos_embed_2d",
+    "stack_block_params",
+    "unstack_block_params",
     "vit",
 ]

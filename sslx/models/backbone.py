@@ -8,7 +8,8 @@ import ml_collections
 from flax import nnx
 
 from sslx.models.resnet import resnet
-from sslx.models.vit import vit
+from sslx.models.util import check_remat, compute_dtype
+from sslx.models.vit import check_attention, vit
 
 BACKBONES = ("resnet", "vit")
 
@@ -21,6 +22,12 @@ def backbone_config(name: str = "resnet") -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.name = name
+  # Compute dtype of convolutions, matmuls and attention (float32 | bfloat16). Parameters,
+  # optimizer state, EMA teachers, normalisation statistics, softmax and losses stay float32.
+  c.dtype = "float32"
+  # Rematerialisation per ResNet / ViT block: none | block (recompute the whole block in the
+  # backward pass) | a jax.checkpoint_policies name (e.g. dots_with_no_batch_dims_saveable).
+  c.remat = "none"
   r = c.resnet = ml_collections.ConfigDict()
   r.depth = 0  # 0: stage_sizes / block below; 18, 34, 50, 101, 152, 200: the published ResNets
   r.stage_sizes = (2, 2, 2, 2)
@@ -44,6 +51,12 @@ def backbone_config(name: str = "resnet") -> ml_collections.ConfigDict:
   v.pos_embed = "sincos"  # sincos | learned
   v.drop_path_rate = 0.0
   v.layer_scale_init = 0.0  # 0: no LayerScale
+  # auto (jax.nn.dot_product_attention picks: cuDNN flash attention on GPU when it applies) |
+  # xla | cudnn (forced; fails where cuDNN cannot run it).
+  v.attention = "auto"
+  # Run the identical blocks through one scanned block (compiled once, not depth times); the
+  # parameters are then stacked [depth, ...] under "blocks" (see sslx.models.vit).
+  v.scan = False
   return c
 
 
@@ -59,6 +72,11 @@ class Backbone(nnx.Module):
     name = config.name
     if name not in BACKBONES:
       raise ValueError(f"model.name must be one of {BACKBONES}, got {name!r}")
+    compute_dtype(config.dtype)  # a bad name fails here, before any compute
+    check_remat(config.remat)
+    check_attention(config.vit.attention)
+    if config.vit.scan and name != "vit":
+      raise ValueError(f"model.vit.scan=True applies to model.name='vit', got {name!r}")
     height, width, channels = image_shape
     self.kind = name
     if name == "resnet":
@@ -67,7 +85,8 @@ class Backbone(nnx.Module):
                         block=r.block, width=r.width, stem=r.stem,
                         zero_init_residual=r.zero_init_residual,
                         stem_stride=r.stem_stride or None, resnet_d_shortcut=r.resnet_d_shortcut,
-                        se_ratio=r.se_ratio, stochastic_depth=r.stochastic_depth, rngs=rngs)
+                        se_ratio=r.se_ratio, stochastic_depth=r.stochastic_depth,
+                        remat=config.remat, rngs=rngs)
     else:
       v = config.vit
       self.net = vit(v.variant or None, image_size=(height, width), in_channels=channels,
@@ -75,7 +94,8 @@ class Backbone(nnx.Module):
                      depth=None if v.depth < 0 else v.depth, num_heads=v.num_heads or None,
                      class_token=v.class_token, num_registers=v.num_registers,
                      pos_embed=v.pos_embed, drop_path_rate=v.drop_path_rate,
-                     layer_scale_init=v.layer_scale_init or None, rngs=rngs)
+                     layer_scale_init=v.layer_scale_init or None, remat=config.remat,
+                     attention=v.attention, scan=v.scan, rngs=rngs)
     self.num_features = self.net.num_features
 
   def __call__(self, images, *, train: bool, rng=None):

@@ -96,7 +96,9 @@ class MLP(nnx.Module):
       x = self.out_bn(x, use_running_average=not train)
     elif self.out_bn is not None:
       x = self.out_bn(x)
-    return x
+    # Float32 out whatever the layers' compute dtype (sslx.models.set_compute_dtype): losses,
+    # EMA targets and the next head read it.
+    return x.astype(jnp.float32)
 
 
 class DINOHead(nnx.Module):
@@ -138,7 +140,11 @@ class DINOHead(nnx.Module):
                    else nnx.Param(jnp.ones((out_features,)), **_axis_names("mlp")))
 
   def __call__(self, x, *, train: bool = False):
-    """x: [B, in_features] -> logits [B, out_features]."""
+    """x: [B, in_features] -> logits [B, out_features], float32.
+
+    The MLP follows the model's compute dtype; the weight-normalised last layer stays float32:
+    its cosines are divided by temperatures down to 0.04 before a 65536-way softmax, where
+    bfloat16's 8-bit mantissa (cosine error ~0.004) would move logits by ~0.1."""
     z = l2_normalize(self.mlp(x, train=train))
     w = l2_normalize(self.last_v[...], axis=0)
     if self.last_g is not None:

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from sslx.models.util import check_remat, remat_call
+
 # Stage sizes of the published depths (He et al. 2016, Table 1; 200 from He et al. 2016b,
 # "Identity Mappings"); "basic" blocks up to 34, bottleneck above.
 STAGE_SIZES = {
@@ -167,6 +169,11 @@ class ResNet(nnx.Module):
     stochastic_depth: drop rate of the last block; block i of N drops its residual branch with
       rate ``stochastic_depth * (i + 1) / N`` in training (the linear rule of Huang et al. 2016;
       ResNet-RS uses 0.0-0.25 depending on size). 0 turns it off. Needs ``rng`` in training.
+    remat: rematerialisation of each block, one of sslx.models.util.REMAT_POLICIES.
+
+  The compute dtype is the ``dtype`` attribute of its flax layers
+  (sslx.models.set_compute_dtype); BatchNorm statistics stay float32 and the pooled features
+  are float32 whatever it is.
   """
 
   def __init__(
@@ -182,6 +189,7 @@ class ResNet(nnx.Module):
       resnet_d_shortcut: bool = False,
       se_ratio: float = 0.0,
       stochastic_depth: float = 0.0,
+      remat: str = "none",
       rngs: nnx.Rngs,
   ):
     if block not in ("basic", "bottleneck"):
@@ -199,6 +207,7 @@ class ResNet(nnx.Module):
     if stem == "resnet_d" and width < 2:
       raise ValueError(f"the resnet_d stem needs width >= 2, got width={width}")
     block_cls = BasicBlock if block == "basic" else BottleneckBlock
+    self.remat = check_remat(remat)
     self.stem_kind = stem
     if stem_stride is None:
       stem_stride = 1 if stem == "cifar" else 2
@@ -243,14 +252,16 @@ class ResNet(nnx.Module):
     if self.stem_kind != "cifar":
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     for i, block in enumerate(self.blocks):
-      x = block(x, train, None if rng is None else jax.random.fold_in(rng, i))
-    return jnp.mean(x, axis=(1, 2))
+      x = remat_call(lambda block, x, key: block(x, train, key), self.remat, block, x,
+                     None if rng is None else jax.random.fold_in(rng, i))
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 def resnet(in_channels: int, *, depth: int | None = None, stage_sizes=None, block=None,
            width: int = 64, stem: str = "cifar", zero_init_residual: bool = False,
            stem_stride: int | None = None, resnet_d_shortcut: bool = False,
-           se_ratio: float = 0.0, stochastic_depth: float = 0.0, rngs: nnx.Rngs) -> ResNet:
+           se_ratio: float = 0.0, stochastic_depth: float = 0.0, remat: str = "none",
+           rngs: nnx.Rngs) -> ResNet:
   """A ResNet by published depth (18, 34, 50, ...) or by explicit stage sizes and block type.
 
   ``stem="resnet_d", resnet_d_shortcut=True, se_ratio=0.25`` plus a stochastic_depth rate chosen
@@ -266,7 +277,7 @@ def resnet(in_channels: int, *, depth: int | None = None, stage_sizes=None, bloc
   return ResNet(in_channels, stage_sizes=tuple(stage_sizes), block=block or "basic", width=width,
                 stem=stem, zero_init_residual=zero_init_residual, stem_stride=stem_stride,
                 resnet_d_shortcut=resnet_d_shortcut, se_ratio=se_ratio,
-                stochastic_depth=stochastic_depth, rngs=rngs)
+                stochastic_depth=stochastic_depth, remat=remat, rngs=rngs)
 
 
 def per_device_batch_norm(forward: Callable, *, mesh: jax.sharding.Mesh,

@@ -4,6 +4,7 @@ the compiler's FLOP estimate, all from shapes only (no arrays allocated, nothing
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -70,3 +71,57 @@ def count_flops(fn: Callable, *args: Any) -> float:
   if not cost or "flops" not in cost:
     raise ValueError(f"XLA gave no cost analysis for fn (got {cost!r}); expected a 'flops' key")
   return float(cost["flops"])
+
+
+# config.model.dtype -> the compute dtype of convolutions, matmuls and attention.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# config.model.remat: "none", "block" (save nothing inside a block: recompute it whole in the
+# backward pass) or one of jax.checkpoint_policies' ready-made policies (the others there are
+# factories that need arguments).
+REMAT_POLICIES = ("none", "block", "everything_saveable", "nothing_saveable", "dots_saveable",
+                  "checkpoint_dots", "dots_with_no_batch_dims_saveable",
+                  "checkpoint_dots_with_no_batch_dims")
+
+
+def compute_dtype(name: str, field: str = "model.dtype"):
+  """The jnp dtype for a `config.model.dtype` name; a ValueError naming `field` otherwise."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"{field} must be one of {tuple(COMPUTE_DTYPES)}, got {name!r}")
+  return COMPUTE_DTYPES[name]
+
+
+def check_remat(remat: str, field: str = "model.remat") -> str:
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"{field} must be one of {REMAT_POLICIES}, got {remat!r}")
+  return remat
+
+
+def set_compute_dtype(module: nnx.Module, dtype) -> nnx.Module:
+  """Sets the compute dtype of every layer of `module` (in place; returns it).
+
+  The precision policy in one place (as the flax ImageNet example and big_vision): every layer
+  with a ``dtype`` attribute (flax's Linear / Conv / BatchNorm / LayerNorm, sslx's ViT layers
+  and heads) computes in `dtype`, while its parameters stay float32 (``param_dtype``) and are
+  cast at use, so gradients, optimizer state and EMA teachers stay float32. Normalisation
+  statistics and softmax are computed in float32 by the layers themselves, and sslx's encoders
+  and heads return float32, so losses see float32. `dtype` is a jnp dtype or a
+  `config.model.dtype` name.
+  """
+  dtype = compute_dtype(dtype) if isinstance(dtype, str) else jnp.dtype(dtype)
+  if dtype not in [jnp.dtype(d) for d in COMPUTE_DTYPES.values()]:
+    raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype}")
+  for _, node in nnx.iter_graph(module):
+    if isinstance(node, nnx.Module) and hasattr(node, "dtype"):
+      node.dtype = dtype
+  return module
+
+
+def remat_call(fn: Callable, remat: str, *args):
+  """``fn(*args)``, rematerialised per `remat` (a REMAT_POLICIES name): with "none" a plain
+  call; otherwise activations inside `fn` are recomputed in the backward pass except those the
+  policy saves. `fn` may be an NNX module method taking the module first (nnx.remat carries the
+  module's state, BatchNorm statistics updates included)."""
+  if remat == "none":
+    return fn(*args)
+  policy = None if remat == "block" else getattr(jax.checkpoint_policies, check_remat(remat))
+  return nnx.remat(fn, policy=policy)(*args)

@@ -12,6 +12,7 @@ from flax import nnx
 
 from sslx.losses.masked import patchify
 from sslx.models.resnet import drop_path  # stochastic depth, shared with the ResNets
+from sslx.models.util import check_remat, remat_call
 
 # name -> (width, depth, heads). Ti/S: Touvron et al. 2021 (DeiT) Table 1; B/L/H: Dosovitskiy et
 # al. 2021 Table 1. The MLP is 4x the width for all of them.
@@ -23,6 +24,9 @@ VARIANTS = {
     "H": (1280, 32, 16),
 }
 PATCH_SIZES = (16, 14, 8)
+# config.model.vit.attention: "auto" lets jax.nn.dot_product_attention choose (cuDNN's fused
+# flash attention on GPUs where it applies, XLA elsewhere); "xla" / "cudnn" force one.
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 # LayerNorm epsilon of the reference ViTs (timm, facebookresearch/mae, ijepa, dino all pass
 # partial(nn.LayerNorm, eps=1e-6)).
@@ -69,28 +73,35 @@ def _param(init, keys, shape, names):
 
 
 class Dense(nnx.Module):
-  """x @ kernel + bias, kernel [in, out] with logical names (in_name, out_name)."""
+  """x @ kernel + bias, kernel [in, out] with logical names (in_name, out_name), computed in
+  `dtype` (set by sslx.models.set_compute_dtype; the parameters stay float32)."""
 
   def __init__(self, in_features, out_features, in_name, out_name, init, keys):
     self.kernel = _param(_kernel_init(init), keys, (in_features, out_features),
                          (in_name, out_name))
     self.bias = _param(nnx.initializers.zeros, keys, (out_features,), (out_name,))
+    self.dtype = jnp.float32
 
   def __call__(self, x):
-    return x @ self.kernel[...] + self.bias[...]
+    return (x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+            + self.bias[...].astype(self.dtype))
 
 
 class LayerNorm(nnx.Module):
-  """LayerNorm over the last axis (Ba et al. 2016), eps 1e-6, unit scale and zero bias at init."""
+  """LayerNorm over the last axis (Ba et al. 2016), eps 1e-6, unit scale and zero bias at init.
+  Statistics and normalisation in float32 whatever the input; the output in `dtype`."""
 
   def __init__(self, width, keys):
     self.scale = _param(nnx.initializers.ones, keys, (width,), ("embed",))
     self.bias = _param(nnx.initializers.zeros, keys, (width,), ("embed",))
+    self.dtype = jnp.float32
 
   def __call__(self, x):
+    x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS) * self.scale[...] + self.bias[...]
+    y = (x - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS) * self.scale[...] + self.bias[...]
+    return y.astype(self.dtype)
 
 
 @functools.lru_cache(maxsize=32)
@@ -135,10 +146,16 @@ class Attention(nnx.Module):
   """Multi-head self-attention; q, k, v have bias (qkv_bias=True in MAE, I-JEPA, DINO).
 
   The fused qkv kernel is [width, 3, heads, head_dim] so "heads" can be split over a "model"
-  axis (Megatron-style tensor parallelism: each device owns whole heads).
+  axis (Megatron-style tensor parallelism: each device owns whole heads). The attention itself
+  is `jax.nn.dot_product_attention` (`implementation`: one of ATTENTION_IMPLEMENTATIONS), so
+  GPUs get cuDNN's fused flash attention and the [B, heads, T, T] logits are never stored;
+  `weights` (attention maps) keeps the explicit softmax.
   """
 
-  def __init__(self, width, num_heads, *, init, keys):
+  def __init__(self, width, num_heads, *, init, keys, implementation="auto"):
+    check_attention(implementation)
+    self.implementation = implementation
+    self.dtype = jnp.float32
     head_dim = width // num_heads
     # Fan-in/fan-out as PyTorch's Linear(width, 3*width) and Linear(width, width), so xavier
     # bounds match the reference initialisation.
@@ -150,31 +167,34 @@ class Attention(nnx.Module):
                              (num_heads, head_dim, width), ("heads", "kv", "embed"))
     self.out_bias = _param(nnx.initializers.zeros, keys, (width,), ("embed",))
 
-  def _weights_and_values(self, x):
-    q, k, v = jnp.einsum("btd,dshk->sbthk", x, self.qkv_kernel[...]) + self.qkv_bias[...][
-        :, None, None]
-    logits = jnp.einsum("bqhk,bthk->bhqt", q, k) / np.sqrt(q.shape[-1]).astype(q.dtype)
-    return jax.nn.softmax(logits, axis=-1), v
+  def _qkv(self, x):
+    """x [B, T, width] -> q, k, v [B, T, heads, head_dim] in the compute dtype."""
+    kernel, bias = self.qkv_kernel[...].astype(self.dtype), self.qkv_bias[...].astype(self.dtype)
+    return jnp.einsum("btd,dshk->sbthk", x.astype(self.dtype), kernel) + bias[:, None, None]
 
   def weights(self, x):
-    """x [B, T, width] -> the attention weights [B, heads, T (queries), T (keys)]."""
-    return self._weights_and_values(x)[0]
+    """x [B, T, width] -> the attention weights [B, heads, T (queries), T (keys)], float32."""
+    q, k, _ = self._qkv(x)
+    logits = jnp.einsum("bqhk,bthk->bhqt", q, k, preferred_element_type=jnp.float32)
+    return jax.nn.softmax(logits / np.sqrt(q.shape[-1]), axis=-1)
 
   def __call__(self, x):
     """x [B, T, width] -> [B, T, width]."""
-    weights, v = self._weights_and_values(x)
-    y = jnp.einsum("bhqt,bthk->bqhk", weights, v)
-    return jnp.einsum("bqhk,hkd->bqd", y, self.out_kernel[...]) + self.out_bias[...]
+    q, k, v = self._qkv(x)
+    implementation = None if self.implementation == "auto" else self.implementation
+    y = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    return (jnp.einsum("bqhk,hkd->bqd", y, self.out_kernel[...].astype(self.dtype))
+            + self.out_bias[...].astype(self.dtype))
 
 
 class Block(nnx.Module):
   """Pre-norm transformer block: x + DropPath(LS(Attn(LN(x)))), then the same with the MLP."""
 
   def __init__(self, width, num_heads, mlp_ratio, *, drop_path=0.0, layer_scale_init=None,
-               init="xavier", keys):
+               init="xavier", attention="auto", keys):
     hidden = int(width * mlp_ratio)
     self.norm1 = LayerNorm(width, keys)
-    self.attn = Attention(width, num_heads, init=init, keys=keys)
+    self.attn = Attention(width, num_heads, init=init, keys=keys, implementation=attention)
     self.norm2 = LayerNorm(width, keys)
     self.fc1 = Dense(width, hidden, "embed", "mlp", init, keys)
     self.fc2 = Dense(hidden, width, "mlp", "embed", init, keys)
@@ -186,39 +206,138 @@ class Block(nnx.Module):
       self.ls1 = _param(init, keys, (width,), ("embed",))
       self.ls2 = _param(init, keys, (width,), ("embed",))
 
-  def _residual(self, x, y, gamma, rng):
+  def _residual(self, x, y, gamma, rng, drop_rate):
     if gamma is not None:
-      y = y * gamma[...]
-    if rng is not None and self.drop_path > 0:
-      y = drop_path(y, self.drop_path, rng)
+      y = y * gamma[...].astype(y.dtype)
+    if rng is not None and (drop_rate is not None or self.drop_path > 0):
+      y = drop_path(y, self.drop_path if drop_rate is None else drop_rate, rng)
     return x + y
 
-  def forward(self, x, rng=None):
+  def forward(self, x, rng=None, drop_rate=None):
     """x [B, T, width] -> (the block's output, its MLP's output before the residual sum and
-    LayerScale: data2vec 2.0's per-layer targets, fairseq's AltBlock with ffn_targets)."""
+    LayerScale: data2vec 2.0's per-layer targets, fairseq's AltBlock with ffn_targets).
+    `drop_rate` (a scalar, possibly traced) overrides the block's drop-path rate: a scanned
+    stack of blocks passes each block's rate as data."""
     r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
-    x = self._residual(x, self.attn(self.norm1(x)), self.ls1, r1)
+    x = self._residual(x, self.attn(self.norm1(x)), self.ls1, r1, drop_rate)
     # Exact (erf) GELU, PyTorch's nn.GELU default used by the reference ViTs.
     y = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
-    return self._residual(x, y, self.ls2, r2), y
+    return self._residual(x, y, self.ls2, r2, drop_rate), y
 
   def __call__(self, x, rng=None):
     """x [B, T, width]; `rng` (a key) switches drop-path on, None is eval mode."""
     return self.forward(x, rng)[0]
 
 
-def _blocks(width, depth, num_heads, mlp_ratio, drop_path_rate, layer_scale_init, init, keys):
+def check_attention(implementation: str, field: str = "model.vit.attention") -> str:
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"{field} must be one of {ATTENTION_IMPLEMENTATIONS}, got "
+                     f"{implementation!r}")
+  return implementation
+
+
+def _blocks(width, depth, num_heads, mlp_ratio, drop_path_rate, layer_scale_init, init, keys,
+            attention="auto"):
   # Drop-path rate grows linearly with depth, 0 for the first block (timm, DeiT, DINO, MAE).
   rates = np.linspace(0.0, drop_path_rate, depth) if depth else []
   return nnx.List([Block(width, num_heads, mlp_ratio, drop_path=float(r),
-                         layer_scale_init=layer_scale_init, init=init, keys=keys)
+                         layer_scale_init=layer_scale_init, init=init, attention=attention,
+                         keys=keys)
                    for r in rates])
 
 
-def _run_blocks(blocks, x, rng):
+def _block_forward(block, x, rng, drop_rate=None):
+  return block.forward(x, rng, drop_rate)
+
+
+def _run_blocks(blocks, x, rng, remat="none"):
   for i, block in enumerate(blocks):
-    x = block(x, None if rng is None else jax.random.fold_in(rng, i))
+    x = remat_call(_block_forward, remat, block, x,
+                   None if rng is None else jax.random.fold_in(rng, i))[0]
   return x
+
+
+class ScannedBlocks(nnx.Module):
+  """Identical transformer blocks run by `jax.lax.scan`: one block's program, compiled once
+  instead of `depth` times (MaxText's scanned layers). Built from the unscanned blocks, so a
+  model initialises to the same values either way; every parameter gains a leading [depth] axis
+  (logical name None: layers are never sharded). Each block's drop-path rate is scanned as data.
+  `stack_block_params` / `unstack_block_params` convert parameter trees between the layouts.
+  """
+
+  def __init__(self, blocks: nnx.List):
+    blocks = list(blocks)
+    if not blocks:
+      raise ValueError("model.vit.scan needs at least one block (depth >= 1)")
+    graphdef, first = nnx.split(blocks[0])
+    shapes = jax.tree.map(jnp.shape, first)
+    for i, block in enumerate(blocks[1:], 1):
+      if jax.tree.map(jnp.shape, nnx.state(block)) != shapes:
+        raise ValueError(f"model.vit.scan needs identical blocks, but block {i}'s parameters "
+                         f"differ from block 0's; set model.vit.scan=False")
+    self.depth = len(blocks)
+    self.drop_rates = tuple(float(b.drop_path) for b in blocks)
+
+    def stacked(*variables):
+      names = variables[0].get_metadata().get("out_sharding") or (None,) * variables[0].ndim
+      return nnx.Param(jnp.stack([v[...] for v in variables]), out_sharding=(None, *names),
+                       eager_sharding=False)
+
+    states = [nnx.state(b) for b in blocks]
+    is_param = lambda v: isinstance(v, nnx.Variable)  # noqa: E731
+    self.block = nnx.merge(graphdef, jax.tree.map(stacked, *states, is_leaf=is_param))
+
+  def __call__(self, x, rng, remat="none", *, stop=None):
+    """Blocks [0, stop) (all by default) over x [B, T, width] -> (x, each block's MLP output
+    stacked [n, B, T, width]); `rng` None is eval mode."""
+    stop = self.depth if stop is None else stop
+    graphdef, params = nnx.split(self.block)
+    params = jax.tree.map(lambda p: p[:stop], params)
+    rates = jnp.asarray(self.drop_rates[:stop], jnp.float32)
+
+    def body(x, layer):
+      params_i, i, rate = layer
+      block = nnx.merge(graphdef, params_i)
+      key = None if rng is None else jax.random.fold_in(rng, i)
+      return remat_call(_block_forward, remat, block, x, key, rate)
+
+    return jax.lax.scan(body, x, (params, jnp.arange(stop), rates))
+
+  def layer(self, i: int) -> Block:
+    """Block `i` as a module of its own (sharing no arrays with the stack)."""
+    graphdef, params = nnx.split(self.block)
+    return nnx.merge(graphdef, jax.tree.map(lambda p: p[i], params))
+
+
+def stack_block_params(params: dict) -> dict:
+  """A ViT's parameter tree (pure dict, e.g. a checkpoint's) from the unscanned layout
+  (``blocks: {0: ..., 1: ...}``) to the scanned one (``blocks: {"block": stacked}``), for
+  every ViT in the tree; other entries are unchanged."""
+  if not isinstance(params, dict):
+    return params
+  out = {}
+  for key, value in params.items():
+    if key == "blocks" and isinstance(value, dict) and value and all(
+        isinstance(k, int) for k in value):
+      layers = [value[i] for i in sorted(value)]
+      out[key] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+    else:
+      out[key] = stack_block_params(value)
+  return out
+
+
+def unstack_block_params(params: dict) -> dict:
+  """The inverse of `stack_block_params`."""
+  if not isinstance(params, dict):
+    return params
+  out = {}
+  for key, value in params.items():
+    if key == "blocks" and isinstance(value, dict) and set(value) == {"block"}:
+      depth = jax.tree.leaves(value["block"])[0].shape[0]
+      out[key] = {i: jax.tree.map(lambda x, i=i: x[i], value["block"]) for i in range(depth)}
+    else:
+      out[key] = unstack_block_params(value)
+  return out
 
 
 def _check_width(name, width, num_heads):
@@ -252,6 +371,12 @@ class VisionTransformer(nnx.Module):
       / DeiT-S, 0 in MAE pre-training.
     layer_scale_init: None (off) or the initial LayerScale value (1e-5 in DINOv2; CaiT uses
       1e-5 to 1e-6 depending on depth).
+    remat: rematerialisation of each block, one of sslx.models.util.REMAT_POLICIES.
+    attention: jax.nn.dot_product_attention's implementation, one of ATTENTION_IMPLEMENTATIONS.
+    scan: run the blocks as one `ScannedBlocks` (compiled once; parameters stacked).
+
+  The compute dtype is the `dtype` attribute of its layers (sslx.models.set_compute_dtype);
+  whatever it is, the outputs are float32.
 
   Call with images [B, H, W, C] (channels last) and optionally `patch_indices` [B, K] int: only
   those patches (row-major grid index) enter the encoder, with their own position embeddings,
@@ -268,7 +393,8 @@ class VisionTransformer(nnx.Module):
   def __init__(self, *, image_size, patch_size: int, width: int, depth: int, num_heads: int,
                in_channels: int = 3, mlp_ratio: float = 4.0, class_token: bool = True,
                num_registers: int = 0, pos_embed: str = "sincos", drop_path_rate: float = 0.0,
-               layer_scale_init: float | None = None, rngs: nnx.Rngs):
+               layer_scale_init: float | None = None, remat: str = "none",
+               attention: str = "auto", scan: bool = False, rngs: nnx.Rngs):
     image_size = _pair(image_size)
     if patch_size <= 0 or image_size[0] % patch_size or image_size[1] % patch_size:
       raise ValueError(f"patch_size must be positive and divide image_size; got patch_size="
@@ -281,6 +407,7 @@ class VisionTransformer(nnx.Module):
       raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
     if not 0.0 <= drop_path_rate < 1.0:
       raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    self.remat = check_remat(remat)
     keys = _Keys(rngs)
     self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
     self.grid_size = (image_size[0] // patch_size, image_size[1] // patch_size)
@@ -299,7 +426,10 @@ class VisionTransformer(nnx.Module):
     self.pos_embed = (_param(_TOKEN_INIT, keys, (self.num_patches, width), (None, "embed"))
                       if pos_embed == "learned" else None)
     self.blocks = _blocks(width, depth, num_heads, mlp_ratio, drop_path_rate, layer_scale_init,
-                          "xavier", keys)
+                          "xavier", keys, check_attention(attention))
+    if scan:
+      self.blocks = ScannedBlocks(self.blocks)
+    self.depth = depth
     self.norm = LayerNorm(width, keys)
 
   def position_embeddings(self):
@@ -338,12 +468,13 @@ class VisionTransformer(nnx.Module):
       # iBOT's masked image modelling (prepare_tokens / mask_model): the masked patches'
       # embeddings become the mask token before the position embeddings are added.
       x = jnp.where(mask[..., None], mask_token.astype(x.dtype), x)
-    x = x + pos
+    x = x + pos.astype(x.dtype)
     prefix = []
     if self.cls_token is not None:
       prefix.append(jnp.broadcast_to(self.cls_token[...], (batch, 1, self.width)))
     if self.registers is not None:
       prefix.append(jnp.broadcast_to(self.registers[...], (batch,) + self.registers.shape[1:]))
+    prefix = [p.astype(x.dtype) for p in prefix]
     return jnp.concatenate(prefix + [x], axis=1), sum(p.shape[1] for p in prefix)
 
   def __call__(self, images, *, patch_indices=None, mask=None, mask_token=None,
@@ -356,12 +487,18 @@ class VisionTransformer(nnx.Module):
       raise ValueError("rng (a PRNG key) is required when train=True and drop_path_rate > 0")
     x, num_prefix = self._tokens(images, patch_indices, mask, mask_token)
     rng = rng if train and self.drop_path_rate > 0 else None
-    layers = []
-    for i, block in enumerate(self.blocks):
-      x, ffn = block.forward(x, None if rng is None else jax.random.fold_in(rng, i))
-      if return_layers:
-        layers.append(ffn[:, num_prefix:])
-    x = self.norm(x)
+    if isinstance(self.blocks, ScannedBlocks):
+      x, ffn = self.blocks(x, rng, self.remat)
+      layers = ffn[:, :, num_prefix:]
+    else:
+      layers = []
+      for i, block in enumerate(self.blocks):
+        x, ffn = remat_call(_block_forward, self.remat, block, x,
+                            None if rng is None else jax.random.fold_in(rng, i))
+        if return_layers:
+          layers.append(ffn[:, num_prefix:])
+    # Float32 out whatever the compute dtype: heads, targets and losses read these.
+    x = self.norm(x).astype(jnp.float32)
     out = {"patches": x[:, num_prefix:]}
     if self.cls_token is not None:
       out["cls"] = x[:, 0]
@@ -369,20 +506,23 @@ class VisionTransformer(nnx.Module):
       out["registers"] = x[:, num_prefix - self.registers.shape[1]:num_prefix]
     out["pooled"] = out["cls"] if "cls" in out else jnp.mean(out["patches"], axis=1)
     if return_layers:
-      out["layers"] = jnp.stack(layers)
+      out["layers"] = jnp.stack(layers).astype(jnp.float32)
     return out
 
   def cls_attention(self, images):
     """The last block's attention from the [CLS] token to every patch, per head: images
     [B, H, W, C] (normalised) -> [B, heads, N] (each row sums to 1 with the prefix tokens'
     share). DINO's attention maps (Caron et al. 2021, Fig. 1 / visualize_attention.py)."""
-    if self.cls_token is None or not len(self.blocks):
+    if self.cls_token is None or not self.depth:
       raise ValueError("cls_attention needs a ViT with a class token and at least one block")
     x, num_prefix = self._tokens(images, None, None, None)
-    depth = len(self.blocks)
-    for i in range(depth - 1):
-      x = self.blocks[i](x)
-    last = self.blocks[depth - 1]
+    if isinstance(self.blocks, ScannedBlocks):
+      x = self.blocks(x, None, stop=self.depth - 1)[0]
+      last = self.blocks.layer(self.depth - 1)
+    else:
+      for i in range(self.depth - 1):
+        x = self.blocks[i](x)
+      last = self.blocks[self.depth - 1]
     return last.attn.weights(last.norm1(x))[:, :, 0, num_prefix:]
 
 
@@ -416,7 +556,8 @@ def vit(variant: str | None = None, *, image_size=224, in_channels: int = 3,
 
 
 def _init_mask_token_transformer(module, encoder_width, grid_size, width, depth, num_heads,
-                                 mlp_ratio, init, mask_token_init, keys):
+                                 mlp_ratio, init, mask_token_init, keys, remat="none",
+                                 attention="auto"):
   """The parts the MAE decoder and the I-JEPA predictor share: encoder tokens embedded to a
   narrower width, a learned mask token for the positions to predict, and pre-norm blocks."""
   module.grid_size = _pair(grid_size)
@@ -424,7 +565,9 @@ def _init_mask_token_transformer(module, encoder_width, grid_size, width, depth,
   module.width = width
   module.embed = Dense(encoder_width, width, "embed", "embed", init, keys)
   module.mask_token = _param(mask_token_init, keys, (width,), ("embed",))
-  module.blocks = _blocks(width, depth, num_heads, mlp_ratio, 0.0, None, init, keys)
+  module.blocks = _blocks(width, depth, num_heads, mlp_ratio, 0.0, None, init, keys,
+                         check_attention(attention))
+  module.remat = check_remat(remat)
   module.norm = LayerNorm(width, keys)
 
 
@@ -434,7 +577,8 @@ class MAEDecoder(nnx.Module):
   Visible encoder tokens are embedded to the decoder width, a shared learned mask token fills
   every masked position, fixed sin-cos position embeddings are added, and a light transformer
   predicts each patch's p*p*C pixels. Defaults: width 512, 8 blocks (He et al. 2022 Table 1(a),
-  1(b)), 16 heads (models_mae.py `mae_vit_*_dec512d8b`).
+  1(b)), 16 heads (models_mae.py `mae_vit_*_dec512d8b`). `remat` and `attention` as the
+  encoder's (VisionTransformer); the predictions are float32.
 
   Call with patches [B, K, encoder_width] (the encoder's "patches"), visible_indices [B, K] (the
   grid positions they came from, distinct) and cls [B, encoder_width] or None. Returns
@@ -444,11 +588,11 @@ class MAEDecoder(nnx.Module):
 
   def __init__(self, *, encoder_width: int, grid_size, patch_size: int, in_channels: int = 3,
                width: int = 512, depth: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0,
-               rngs: nnx.Rngs):
+               remat: str = "none", attention: str = "auto", rngs: nnx.Rngs):
     _check_width("MAEDecoder", width, num_heads)
     keys = _Keys(rngs)
     _init_mask_token_transformer(self, encoder_width, grid_size, width, depth, num_heads,
-                                 mlp_ratio, "xavier", _TOKEN_INIT, keys)
+                                 mlp_ratio, "xavier", _TOKEN_INIT, keys, remat, attention)
     self.pred = Dense(width, patch_size * patch_size * in_channels, "embed", "patch", "xavier",
                       keys)
 
@@ -460,13 +604,15 @@ class MAEDecoder(nnx.Module):
       raise ValueError(f"visible_indices must be [B, {k}] like patches, got "
                        f"{visible_indices.shape}")
     # MAE's "unshuffle": mask tokens everywhere, then each visible token back at its position.
-    full = jnp.broadcast_to(self.mask_token[...], (batch, self.num_patches, self.width))
-    full = full.at[jnp.arange(batch)[:, None], visible_indices].set(self.embed(patches))
-    x = full + jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size))
+    embedded = self.embed(patches)
+    full = jnp.broadcast_to(self.mask_token[...].astype(embedded.dtype),
+                            (batch, self.num_patches, self.width))
+    full = full.at[jnp.arange(batch)[:, None], visible_indices].set(embedded)
+    x = full + jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size), embedded.dtype)
     if cls is not None:  # the class token takes part (no position embedding) but is not decoded
       x = jnp.concatenate([self.embed(cls)[:, None], x], axis=1)
-    x = self.norm(_run_blocks(self.blocks, x, None))
-    return self.pred(x[:, 1:] if cls is not None else x)
+    x = self.norm(_run_blocks(self.blocks, x, None, self.remat))
+    return self.pred(x[:, 1:] if cls is not None else x).astype(jnp.float32)
 
 
 class IJEPAPredictor(nnx.Module):
@@ -481,14 +627,17 @@ class IJEPAPredictor(nnx.Module):
   Call with context [B, Kc, encoder_width] (encoder "patches"), context_indices [B, Kc] and
   target_indices [B, Kt]; returns predictions [B, Kt, encoder_width] in target_indices order.
   For several target blocks per image, repeat the context along the batch (as I-JEPA does).
+  `remat` and `attention` as the encoder's; the predictions are float32.
   """
 
   def __init__(self, *, encoder_width: int, grid_size, width: int = 384, depth: int = 12,
-               num_heads: int = 16, mlp_ratio: float = 4.0, rngs: nnx.Rngs):
+               num_heads: int = 16, mlp_ratio: float = 4.0, remat: str = "none",
+               attention: str = "auto", rngs: nnx.Rngs):
     _check_width("IJEPAPredictor", width, num_heads)
     keys = _Keys(rngs)
     _init_mask_token_transformer(self, encoder_width, grid_size, width, depth, num_heads,
-                                 mlp_ratio, "trunc_normal", _kernel_init("trunc_normal"), keys)
+                                 mlp_ratio, "trunc_normal", _kernel_init("trunc_normal"), keys,
+                                 remat, attention)
     self.proj = Dense(width, encoder_width, "embed", "embed", "trunc_normal", keys)
 
   def __call__(self, context, context_indices, target_indices):
@@ -499,8 +648,10 @@ class IJEPAPredictor(nnx.Module):
     if context_indices.shape[1] != kc:
       raise ValueError(f"context_indices must be [B, {kc}] like context, got "
                        f"{context_indices.shape}")
-    pos = jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size))
-    ctx = self.embed(context) + _gather_tokens(pos, context_indices)
-    tgt = self.mask_token[...] + _gather_tokens(pos, target_indices)
-    x = self.norm(_run_blocks(self.blocks, jnp.concatenate([ctx, tgt], axis=1), None))
-    return self.proj(x[:, kc:])
+    ctx = self.embed(context)
+    pos = jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size), ctx.dtype)
+    ctx = ctx + _gather_tokens(pos, context_indices)
+    tgt = self.mask_token[...].astype(ctx.dtype) + _gather_tokens(pos, target_indices)
+    x = self.norm(_run_blocks(self.blocks, jnp.concatenate([ctx, tgt], axis=1), None,
+                              self.remat))
+    return self.proj(x[:, kc:]).astype(jnp.float32)

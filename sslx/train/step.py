@@ -24,24 +24,32 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, schedule, 
     variables = {**state.variables, "step": state.step}
     (loss, aux), grads = grad_fn(state.params, variables, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    model_state, update_metrics = aux["state"], {}
+    grad_norm = optax.global_norm(grads)
+    # Decided before anything is written: the loss, the gradient, the update (an optimizer can
+    # overflow on a finite gradient) and the state the forward pass produced. Each new leaf is
+    # then one elementwise select of its old value (`keep`), which XLA fuses with the update
+    # and writes into the donated buffer: no second copy of the state is ever held. (Checking
+    # the new parameters themselves would read each update twice and make XLA keep both.)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.global_norm(updates))
+              & jnp.isfinite(optax.global_norm(aux["state"])))
+
+    def keep(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    params, model_state, update_metrics = optax.apply_updates(state.params, updates), aux["state"], {}
     if method.after_update is not None:  # EMA teachers follow the updated student
       model_state, update_metrics = method.after_update(params, model_state, state.step)
-    grad_norm = optax.global_norm(grads)
-    # The new parameters and state are checked too: an update can overflow with a finite gradient.
-    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-              & jnp.isfinite(optax.global_norm(params))
-              & jnp.isfinite(optax.global_norm(model_state)))
-    updated = state._replace(step=state.step + 1, params=params, model_state=model_state,
-                             opt_state=opt_state)
-    skipped = state._replace(step=state.step + 1, nonfinite_steps=state.nonfinite_steps + 1)
-    new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, skipped)
+    skipped = (~finite).astype(jnp.int32)
+    new_state = state._replace(step=state.step + 1, params=keep(params, state.params),
+                               model_state=keep(model_state, state.model_state),
+                               opt_state=keep(opt_state, state.opt_state),
+                               nonfinite_steps=state.nonfinite_steps + skipped)
     metrics = {
         "train/loss": loss,
         "train/learning_rate": schedule(state.step),
         "train/grad_norm": grad_norm,
-        "train/nonfinite": 1 - finite.astype(jnp.int32),
+        "train/nonfinite": skipped,
         **aux["metrics"],
         **update_metrics,
     }
