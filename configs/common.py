@@ -28,13 +28,26 @@ def base_config() -> ml_collections.ConfigDict:
   # last good checkpoint kept), "skip" goes on and counts it (train/nonfinite_steps).
   c.nonfinite_policy = "stop"
   c.progress_bar = True
+  # True: a run whose JAX backend is the CPU stops at start with the accelerator install command
+  # (the cifar10 / imagenet presets: they would take days on a CPU).
+  c.require_accelerator = False
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"
   c.data.data_dir = ""  # prepared TFDS datasets; default $SSLX_DATA_DIR or ~/tensorflow_datasets
   c.data.source_dir = ""  # raw files to prepare from (Fashion-MNIST idx files)
   c.data.allow_download = True  # only used when no local copy of the raw files is found
-  c.data.worker_count = 0  # grain worker processes decoding on the host
+  # grain worker processes decoding on the host; -1: one per core for datasets of encoded images
+  # (JPEG), none for in-memory arrays (Fashion-MNIST, which is fastest without workers).
+  c.data.worker_count = -1
+  # Decode each JPEG on the host and take the train crops from the full image there, as the
+  # papers (sslx.data.decode); the rest of the augmentation stays on device. For two-view and
+  # multi-crop methods (experiment.two_views, augment_views, _multicrop.crop_views) on datasets
+  # of encoded images.
+  c.data.crop_on_host = False
+  c.data.decoder = "pil"  # pil | simplejpeg | opencv (benchmarks/input_pipeline.py compares)
+  c.data.resizer = "pil"  # pil (antialiased, torchvision's) | opencv (bilinear, TF's; faster)
+  c.data.skip_corrupt = False  # True: an undecodable record is logged, counted and replaced
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = -1  # -1: every device of every process
@@ -45,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   # ((logical_name, mesh_axis), ...), which override the preset when not empty.
   c.mesh.rules = "replicated"
   c.mesh.custom_rules = ()
+  # Multi-slice TPU / multi-node GPU: how many slices (TPU) or processes (GPU, CPU) lie along
+  # each mesh axis, over the slow data-centre network; mesh.shape stays the whole mesh's shape.
+  # () : one slice, every axis over the fast interconnect. E.g. shape (-1, 8), dcn_shape (2, 1).
+  c.mesh.dcn_shape = ()
 
   # Multi-process start-up: explicit (coordinator_address, num_processes, process_id), or
   # auto_detect=True to let jax.distributed find SLURM / Open MPI / TPU pod settings.
@@ -152,11 +169,13 @@ def method_config(experiment: str, dataset: str) -> ml_collections.ConfigDict:
                      contrast=0.4, saturation=0.0, hue=0.0, jitter_prob=0.8,  # grayscale images
                      grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
   elif dataset == "cifar10":
+    c.require_accelerator = True
     c.data.name = "cifar10"
     c.batch_size = 512
     c.total_steps = epochs_to_steps(1000, dataset, c.batch_size)
     c.log_every = 100
     c.checkpoint_every = 5000
+    c.model.dtype = "bfloat16"  # accelerator precision policy (sslx.models.set_compute_dtype)
     c.model.resnet.depth = 18
     c.model.resnet.stem = "cifar"
     c.model.vit.variant = ""  # ViT-S with 4-pixel patches on 32x32 (MoCo v3 / DINO CIFAR runs)
@@ -170,11 +189,19 @@ def method_config(experiment: str, dataset: str) -> ml_collections.ConfigDict:
                      blur_prob=0.0, solarize_prob=0.0)
     c.eval.batch_size = 1000
   else:
+    c.require_accelerator = True
     c.data.name = "imagenet2012"
+    # The train crops from the full JPEG, decoded on the host as the papers do; simplejpeg +
+    # OpenCV decode and crop ~2.9x faster than Pillow (benchmarks/input_pipeline.py; they come
+    # with `pip install sslx[jpeg]`).
+    c.data.crop_on_host = True
+    c.data.decoder = "simplejpeg"
+    c.data.resizer = "opencv"
     c.batch_size = 4096
     c.total_steps = epochs_to_steps(100, dataset, c.batch_size)
     c.log_every = 100
     c.checkpoint_every = 2000
+    c.model.dtype = "bfloat16"
     c.model.resnet.depth = 50
     c.model.resnet.stem = "imagenet"
     c.model.vit.variant = "S/16"
@@ -208,6 +235,7 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
   c.log_every = 1
   c.checkpoint_every = 3
   c.progress_bar = False
+  c.require_accelerator = False  # smoke variants of the GPU presets run on a CPU too
   c.model.resnet.depth = 0
   c.model.resnet.stage_sizes = (1, 1)
   c.model.resnet.width = 8

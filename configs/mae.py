@@ -14,6 +14,10 @@ Expected:
     (He et al. 2022, Table 3) and 68.0% linear probe on the [CLS] token (the authors' released
     ViT-B, facebookresearch/mae README). 800 epochs is the paper's other schedule (Fig. 7:
     longer still helps, by a few tenths of a point at fine-tuning).
+TPU: ViT-B/16 fits a v5p-32 (16 chips, 256 images per chip) per benchmarks/compile_check.py
+  (XLA's peak 5.1 of 95 GiB per chip, remat per block, scanned blocks); ViT-L/16
+  (--config.model.vit.variant=L/16) is sized for a v5p-64 (32 chips, 128 per chip), not yet
+  compiled (results/compile_check.md).
 """
 
 import ml_collections
@@ -54,6 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:  # He et al. 2022, Table 8 (pre-training) and models_mae.py mae_vit_base_patch16
     c.model.vit.variant = "B/16"
     c.batch_size = 4096
+    # Activations recomputed per block in the backward pass and the identical blocks scanned
+    # (compiled once): the settings benchmarks/compile_check.py checks this preset's slice with.
+    c.model.remat = "block"
+    c.model.vit.scan = True
     c.total_steps = common.epochs_to_steps(1600, dataset, c.batch_size)
     c.decoder.width = 512
     c.decoder.depth = 8

@@ -11,6 +11,8 @@ Expected:
     reports 94.0% linear with ResNet-50 and batch 1024).
   imagenet: ResNet-50, 1000 epochs at batch 4096, LARS lr 0.3 x B/256: 69.3% linear top-1
     (SimCLR Table 6; 100 epochs: 66.5%).
+TPU: sized for a v5p-32 (16 chips, 256 images per chip); benchmarks/compile_check.py
+  compiles its step for that slice and reads XLA's per-chip memory (results/compile_check.md).
 """
 
 import ml_collections

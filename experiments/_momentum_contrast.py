@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from sslx import experiment
@@ -54,15 +53,6 @@ def followed(params):
   """The part of the query network's variables that the key network averages (a part without
   such variables, e.g. a projector without BatchNorm in batch_stats, is absent)."""
   return {name: params[name] for name in ("encoder", "projector") if name in params}
-
-
-def _without_drop_path(config):
-  """The config of the key network: no stochastic depth (MoBY's target drop-path rate 0; the
-  momentum encoders of MoCo are never dropped either). Parameter shapes are unchanged."""
-  model = ml_collections.ConfigDict(config.model.to_dict())
-  model.vit.drop_path_rate = 0.0
-  model.resnet.stochastic_depth = 0.0
-  return ml_collections.ConfigDict({"model": model, "projector": config.projector.to_dict()})
 
 
 def validate(config) -> None:
@@ -137,7 +127,7 @@ class MomentumContrast:
     self.config = config
     self.images = experiment.images_for(config)
     shape = self.images.view_shape
-    key_config = _without_drop_path(config)
+    key_config = experiment.without_stochastic_depth(config)
     self.online = experiment.Network(lambda rngs: QueryNetwork(config, shape, rngs=rngs),
                                      dtype=config.model.dtype)
     self.target = experiment.Network(lambda rngs: KeyNetwork(key_config, shape, rngs=rngs),

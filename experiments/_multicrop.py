@@ -10,7 +10,7 @@ groups from `config.multicrop`, one encoder pass per crop resolution, layers fro
 teacher sees); "local" is optional and a group with ``number = 0`` is left out (two-crop runs).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sslx import experiment
+from sslx.data import augment
 from sslx.data import views as views_lib
 
 GLOBAL, LOCAL = "global", "local"
@@ -54,9 +55,33 @@ def images_for(config) -> experiment.Images:
 
 def crop_views(rng, images, config, spec: experiment.Images):
   """``{group: normalised float32 [n, B, s, s, C]}`` multi-crop views of a uint8 batch, and a key
-  for the encoder (drop-path) independent of the views' key."""
-  views = views_lib.multi_crop(jax.random.fold_in(rng, 0), images, crop_config(config))
-  return {name: spec.normalize(v) for name, v in views.items()}, jax.random.fold_in(rng, 1)
+  for the encoder (drop-path) independent of the views' key.
+
+  ``images``: uint8 [B, H, W, C], cropped on device, or ``{group: uint8 [B, n, s, s, C]}``, the
+  crops already taken from the full images on the host (``data.crop_on_host``), which then get
+  the rest of their group's augmentation (each view with ``fold_in(key, j)``, j counting the
+  views through the groups).
+  """
+  key = jax.random.fold_in(rng, 0)
+  groups = crop_config(config)
+  if not isinstance(images, Mapping):
+    views = views_lib.multi_crop(key, images, groups)
+    return {name: spec.normalize(v) for name, v in views.items()}, jax.random.fold_in(rng, 1)
+  if list(images) != list(groups):
+    raise ValueError(f"images: host crops of the groups {list(images)}, but multicrop has the"
+                     f" groups {list(groups)} (data.crop_on_host crops them from the config)")
+  views, first = {}, 0
+  for name, pipelines in views_lib.multi_crop_pipelines(groups).items():
+    crops = images[name]
+    if crops.shape[1] != len(pipelines):
+      raise ValueError(f"images[{name!r}]: {crops.shape[1]} host crops per image, multicrop."
+                       f"{name}.number is {len(pipelines)}")
+    views[name] = spec.normalize(jnp.stack([
+        augment.augment_batch(jax.random.fold_in(key, first + j), crops[:, j],
+                              augment.without_crop(pipeline, crops.shape[2:4]))
+        for j, pipeline in enumerate(pipelines)]))
+    first += len(pipelines)
+  return views, jax.random.fold_in(rng, 1)
 
 
 def frozen_until(tree, step, until_step: int):
@@ -65,6 +90,16 @@ def frozen_until(tree, step, until_step: int):
   gradients, ``p.grad = None``)."""
   frozen = jnp.asarray(step) < until_step
   return jax.tree.map(lambda p: jnp.where(frozen, jax.lax.stop_gradient(p), p), tree)
+
+
+def teacher_network(config, build: Callable[[Any], "MultiCropNetwork"],
+                    student: "MultiCropNetwork") -> "MultiCropNetwork":
+  """The network an EMA teacher runs: ``build(config)`` without stochastic depth (DINO's and
+  iBOT's teacher never drops a branch; `experiment.without_stochastic_depth`), or the student's
+  own network when it has none. The parameters are the same either way."""
+  if not (config.model.vit.drop_path_rate or config.model.resnet.stochastic_depth):
+    return student
+  return build(experiment.without_stochastic_depth(config))
 
 
 class MultiCropNetwork:
@@ -85,7 +120,7 @@ class MultiCropNetwork:
     for size in dict.fromkeys(self.sizes.values()):
       try:
         self.networks[size] = experiment.Network(
-            lambda rngs, s=size: build(rngs, (s, s, channels)))
+            lambda rngs, s=size: build(rngs, (s, s, channels)), dtype=config.model.dtype)
       except ValueError as e:  # e.g. a ViT patch size that does not divide the crop size
         raise ValueError(f"multicrop crops of size {size}: {e}") from None
     shapes = {size: jax.tree.map(lambda a: a.shape, nnx.state(net.abstract, nnx.Param))

@@ -5,10 +5,9 @@ With a ViT, `save_pictures` draws the teacher's last-block [CLS] attention per h
 Fig. 1) after a run; iBOT shares it.
 """
 
-import os
-
 import jax
 import jax.numpy as jnp
+from etils import epath
 from flax import nnx
 
 from experiments import _multicrop
@@ -67,8 +66,13 @@ def get_method(config) -> Method:
   check_config(config)
   loss_config = config.loss
   images = _multicrop.images_for(config)
-  net = _multicrop.MultiCropNetwork(
-      lambda rngs, shape: DINOModel(config, shape, rngs=rngs), config, images)
+
+  def build(c):
+    return _multicrop.MultiCropNetwork(lambda rngs, shape: DINOModel(c, shape, rngs=rngs), c,
+                                       images)
+
+  net = build(config)
+  teacher_net = _multicrop.teacher_network(config, build, net)
 
   def init(rng, batch):
     del batch
@@ -94,7 +98,7 @@ def get_method(config) -> Method:
         variables["batch_stats"], views, encoder_rng)  # [V_s, B, K], global views first
     teacher = variables["teacher"]
     # The teacher sees only the global crops (in train mode, as in main_dino.py).
-    teacher_logits, teacher_stats = net.encode(
+    teacher_logits, teacher_stats = teacher_net.encode(
         lambda m, x, r: m.logits(x, train=True), teacher["params"], teacher["batch_stats"],
         views, groups=(_multicrop.GLOBAL,))
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
@@ -134,7 +138,8 @@ def cls_attention(config, encoder_params, images):
                      f"[0, 1] (the global crop size), got shape {images.shape}")
   if config.model.name != "vit":
     raise ValueError(f"attention maps need config.model.name 'vit', got {config.model.name!r}")
-  encoder = experiment.Network(lambda rngs: Backbone(config.model, spec.view_shape, rngs=rngs))
+  encoder = experiment.Network(lambda rngs: Backbone(config.model, spec.view_shape, rngs=rngs),
+                               dtype=config.model.dtype)
   vit = encoder.merge(encoder_params, {}).net
   return vit.cls_attention(spec.normalize(images)), vit.grid_size
 
@@ -155,5 +160,5 @@ def save_pictures(config, variables, images, directory: str) -> list[str]:
   if config.model.name != "vit":
     return []
   x = _multicrop.images_for(config).resized(jnp.asarray(images, jnp.float32) / 255.0)
-  path = os.path.join(directory, f"{config.experiment}_attention.png")
+  path = str(epath.Path(directory) / f"{config.experiment}_attention.png")
   return [save_attention_maps(config, variables["teacher"]["params"]["encoder"], x, path)]

@@ -96,8 +96,13 @@ def get_method(config) -> Method:
   check_config(config)
   loss_config = config.loss
   images = _multicrop.images_for(config)
-  net = _multicrop.MultiCropNetwork(
-      lambda rngs, shape: IBOTModel(config, shape, rngs=rngs), config, images)
+
+  def build(c):
+    return _multicrop.MultiCropNetwork(lambda rngs, shape: IBOTModel(c, shape, rngs=rngs), c,
+                                       images)
+
+  net = build(config)
+  teacher_net = _multicrop.teacher_network(config, build, net)
   grid_size = net.global_network.abstract.encoder.net.grid_size
 
   def init(rng, batch):
@@ -135,7 +140,7 @@ def get_method(config) -> Method:
           jax.random.fold_in(encoder_rng, 1), groups=(LOCAL,))
       student_cls = jnp.concatenate([student_cls, local_cls])  # global views first
     teacher = variables["teacher"]
-    (teacher_cls, teacher_patches, _), teacher_stats = net.encode(
+    (teacher_cls, teacher_patches, _), teacher_stats = teacher_net.encode(
         lambda m, x, r: m.token_logits(x, train=True), teacher["params"], teacher["batch_stats"],
         views, groups=(GLOBAL,))
     teacher_cls, teacher_patches = jax.lax.stop_gradient((teacher_cls, teacher_patches))

@@ -15,7 +15,7 @@ from flax import nnx
 
 from sslx import sharding
 from sslx.data import augment, sources
-from sslx.models.util import abstract_module
+from sslx.models.util import abstract_module, set_compute_dtype
 from sslx.train import ema
 
 
@@ -64,7 +64,9 @@ def view_configs(config) -> list:
 
 def two_views(rng, images, config, spec: Images):
   """Two normalised augmented views of a uint8 batch, and a key for the encoder (stochastic
-  depth / drop-path) independent of the views' keys."""
+  depth / drop-path) independent of the views' keys. ``images``: [B, H, W, C] cropped on device,
+  or [B, 2, h, w, C] views already cropped from the full images on the host
+  (``data.crop_on_host``), which get the rest of each view's augmentation."""
   configs = view_configs(config)
   views = augment.augment_views(rng, images, configs)  # view i: fold_in(rng, i)
   return [spec.normalize(v) for v in views], jax.random.fold_in(rng, len(configs))
@@ -76,12 +78,14 @@ class Network:
   ``build(rngs) -> nnx.Module`` makes the model; its parameters and BatchNorm statistics live in
   pure dicts (``{"params": ..., "batch_stats": ...}``) between steps, and `merge` rebuilds a
   module from them inside `apply` / `loss` (copied, so a traced forward pass never mutates the
-  caller's arrays; `batch_stats` reads the statistics the forward pass updated).
+  caller's arrays; `batch_stats` reads the statistics the forward pass updated). `dtype`, a
+  `config.model.dtype` name, is the compute dtype of every layer of the merged module
+  (`sslx.models.set_compute_dtype`: parameters stay float32, encoders and heads return float32).
   """
 
-  def __init__(self, build: Callable[[nnx.Rngs], nnx.Module]):
+  def __init__(self, build: Callable[[nnx.Rngs], nnx.Module], dtype: str = "float32"):
     self._build = build
-    self.abstract = abstract_module(build)
+    self.abstract = set_compute_dtype(abstract_module(build), dtype)
     self.graphdef = nnx.split(self.abstract, nnx.Param, nnx.BatchStat)[0]
 
   def init(self, rng) -> dict:
@@ -99,6 +103,18 @@ class Network:
   def param_axes(self):
     """Logical axis names of the parameters (ViT), for `Method.param_axes`."""
     return sharding.logical_axes(nnx.state(self.abstract, nnx.Param))
+
+
+def without_stochastic_depth(config):
+  """A copy of `config` whose encoder never drops a residual branch (model.vit.drop_path_rate
+  and model.resnet.stochastic_depth 0): for EMA teachers and momentum encoders, which the
+  authors run without it (DINO's and iBOT's teacher, MoCo's key encoder, MoBY's target).
+  Parameter shapes are unchanged, so the teacher's parameters fit the student's network."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.vit.drop_path_rate = 0.0
+    config.model.resnet.stochastic_depth = 0.0
+  return config
 
 
 def teacher_momentum(config, step):

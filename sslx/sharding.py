@@ -1,9 +1,11 @@
 """Device meshes, global batches, parameter sharding rules and multi-process start-up.
 
-One mesh per run ("data" always, "fsdp" / "model" from config): the batch is split over "data"
-(and "fsdp"); parameters are replicated, or sharded by rules mapping their logical axis names
-(e.g. "embed", "mlp", "heads", set by sslx.models.vit) to mesh axes. Multi-host runs start
-through `jax.distributed`, from the config or the cluster's environment.
+One mesh per run ("data" always, "fsdp" / "model" from config), laid out over the interconnect
+by jax's mesh_utils (across TPU slices / GPU nodes with mesh.dcn_shape) so that each process
+holds one contiguous block of the batch. The batch is split over "data" (and "fsdp");
+parameters are replicated, or sharded by rules mapping their logical axis names (e.g. "embed",
+"mlp", "heads", set by sslx.models.vit) to mesh axes. Multi-host runs start through
+`jax.distributed`, from the config or the cluster's environment.
 """
 
 import math
@@ -13,6 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -77,37 +80,176 @@ def initialize_distributed(config) -> None:
                jax.device_count())
 
 
-def make_mesh(config) -> Mesh:
-  """A mesh over `config.num_devices` devices (-1: all) with axes `config.axes`.
+def make_mesh(config, devices: Sequence[Any] | None = None) -> Mesh:
+  """A mesh with axes `config.axes` and shape `config.shape`, laid out over the interconnect.
 
-  `config.shape` may hold one -1, filled so the product equals the number of devices. Devices
-  keep jax.devices() order, which groups them by process, as the input pipeline assumes (process
-  p holds the p-th contiguous block of every global batch).
+  `config` is a config's `mesh` field: `num_devices` (-1: all of `devices`), `shape` (may hold
+  one -1, filled so the product equals the number of devices), `axes` (must include "data") and
+  `dcn_shape` (multi-slice TPU / multi-node GPU; see `device_grid`).
+
+  `devices` defaults to `jax.devices()`; any other list works too, e.g. a TPU topology's
+  (`jax.experimental.topologies.get_topology_desc(...).devices`) to compile a step ahead of time
+  for a pod slice this machine does not have.
   """
-  devices = jax.devices()
+  return Mesh(device_grid(config, devices), tuple(config.axes))
+
+
+def device_grid(config, devices: Sequence[Any] | None = None) -> np.ndarray:
+  """`make_mesh`'s devices, as an array shaped like the mesh.
+
+  The layout is `jax.experimental.mesh_utils`': `create_device_mesh` maps the mesh axes onto the
+  physical interconnect (a TPU slice's torus; GPU ids); with `config.dcn_shape`,
+  `create_hybrid_device_mesh` lays `dcn_shape[i]` granules along mesh axis i over the slower
+  data-centre network (TPU slices; elsewhere processes, i.e. launch one process per GPU node),
+  each granule holding `shape[i] // dcn_shape[i]` of the axis over its fast links. A subset of
+  the devices (`num_devices`) keeps `devices` order: part of a slice is no torus to lay out.
+
+  The batch axes are then reordered so that process p holds the p-th contiguous block of every
+  global batch, the rows the input pipeline gives it (`check_batch_blocks`). Reordering whole
+  positions of an axis keeps together every group of devices that communicates along an axis.
+  Where no such reordering can (e.g. an "fsdp" axis the torus order lays across hosts), the
+  devices are taken in process order instead, with a warning; a "model" axis across processes,
+  or dcn_shape granules that split a block, are errors.
+
+  `devices` may be any objects with jax.Device's `process_index`, `platform` and `device_kind`
+  (and `id`, `slice_index`, `coords`, `core_on_chip` where mesh_utils reads them), so tests can
+  lay out fake multi-host pods.
+  """
+  devices = list(jax.devices() if devices is None else devices)
   n = len(devices) if config.num_devices == -1 else config.num_devices
   if not 1 <= n <= len(devices):
     raise ValueError(f"mesh.num_devices must be -1 or in [1, {len(devices)}], got "
                      f"{config.num_devices}")
-  if n != len(devices) and jax.process_count() > 1:
+  subset = n < len(devices)
+  if subset and len({d.process_index for d in devices}) > 1:
     raise ValueError("mesh.num_devices must be -1 (all devices) in a multi-process run")
   axes = tuple(config.axes)
   if DATA_AXIS not in axes:
     raise ValueError(f"mesh.axes must contain {DATA_AXIS!r}, got {axes}")
-  shape = list(config.shape)
+  shape = _full_shape(tuple(config.shape), axes, n)
+  dcn_shape = _dcn_shape(tuple(config.get("dcn_shape", ())), shape, axes)
+  devices = devices[:n]
+  granule, num_granules = _granules(devices)
+  dcn_granules = math.prod(dcn_shape)
+  # Several GPU / CPU processes without dcn_shape are laid out as one network, as before.
+  if dcn_granules != num_granules and (dcn_granules > 1 or granule != "processes"):
+    raise ValueError(
+        f"mesh.dcn_shape {tuple(config.get('dcn_shape', ()))} lays out {dcn_granules} "
+        f"{granule} (its product), but the {n} devices span {num_granules}; e.g. "
+        f"{(num_granules,) + (1,) * (len(axes) - 1)} is data parallelism across {granule} over "
+        f"mesh.axes {axes}")
+  try:
+    if subset:
+      grid = np.asarray(devices).reshape(shape)
+    elif dcn_granules > 1:
+      grid = mesh_utils.create_hybrid_device_mesh(
+          [s // d for s, d in zip(shape, dcn_shape)], dcn_shape, devices,
+          process_is_granule=granule == "processes", allow_split_physical_axes=True)
+    else:
+      grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  except (ValueError, NotImplementedError) as e:  # e.g. no mapping onto the physical torus
+    raise ValueError(f"mesh.shape {shape} with mesh.dcn_shape {dcn_shape} cannot be laid out "
+                     f"over the devices' interconnect: {e}") from e
+  grid = _order_batch_by_process(grid, axes)
+  try:
+    check_batch_blocks(grid, axes)
+  except ValueError:
+    if dcn_granules > 1:  # the devices' order cannot respect the slow links: say so
+      raise
+    # The torus order mixes processes within a block (e.g. "fsdp" over hosts of a v4-32): the
+    # devices in process order then, as before mesh_utils, if that gives each process a block.
+    by_process = np.asarray(sorted(devices, key=lambda d: (d.process_index, d.id)))
+    grid = by_process.reshape(shape)
+    check_batch_blocks(grid, axes)
+    logging.warning("mesh.shape %s over axes %s: the interconnect-aware layout would split "
+                    "processes' blocks of the batch; the devices are in process order instead",
+                    shape, axes)
+  return grid
+
+
+def _full_shape(shape: tuple, axes: tuple[str, ...], n: int) -> tuple[int, ...]:
+  """mesh.shape with its -1 filled in, checked against the axes and the n devices."""
   if len(shape) != len(axes):
-    raise ValueError(f"mesh.shape {tuple(shape)} and mesh.axes {axes} differ in length")
+    raise ValueError(f"mesh.shape {shape} and mesh.axes {axes} differ in length")
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh.shape may contain at most one -1, got {tuple(shape)}")
-  if -1 in shape:
-    known = int(np.prod([s for s in shape if s != -1]))
+    raise ValueError(f"mesh.shape may contain at most one -1, got {shape}")
+  full = list(shape)
+  if -1 in full:
+    known = math.prod(s for s in full if s != -1)
     if n % known:
-      raise ValueError(f"mesh.shape {tuple(config.shape)} does not divide {n} devices")
-    shape[shape.index(-1)] = n // known
-  if int(np.prod(shape)) != n:
-    raise ValueError(f"mesh.shape {tuple(shape)} holds {int(np.prod(shape))} devices, "
-                     f"but {n} are used")
-  return Mesh(np.asarray(devices[:n]).reshape(shape), axes)
+      raise ValueError(f"mesh.shape {shape} does not divide {n} devices")
+    full[full.index(-1)] = n // known
+  if math.prod(full) != n:
+    raise ValueError(f"mesh.shape {tuple(full)} holds {math.prod(full)} devices, but {n} are "
+                     "used")
+  return tuple(full)
+
+
+def _dcn_shape(dcn_shape: tuple, shape: tuple[int, ...], axes: tuple[str, ...]) -> tuple:
+  """mesh.dcn_shape checked against the mesh's full shape; () is one granule, all ones."""
+  if not dcn_shape:
+    return (1,) * len(shape)
+  if len(dcn_shape) != len(axes) or not all(isinstance(d, int) and d >= 1 for d in dcn_shape):
+    raise ValueError(f"mesh.dcn_shape must be () or one positive int per mesh axis {axes}, got "
+                     f"{dcn_shape}")
+  if any(s % d for s, d in zip(shape, dcn_shape)):
+    raise ValueError(f"mesh.dcn_shape {dcn_shape} does not divide mesh.shape {shape} (axes "
+                     f"{axes}): each entry splits its mesh axis over slices / processes")
+  return dcn_shape
+
+
+def _granules(devices: Sequence[Any]) -> tuple[str, int]:
+  """What mesh.dcn_shape counts, and how many of them `devices` span: TPU slices (the chips of
+  one slice share the ICI torus) or, elsewhere, processes (one per GPU node)."""
+  if devices[0].platform == "tpu":
+    return "TPU slices", len({getattr(d, "slice_index", 0) for d in devices})
+  return "processes", len({d.process_index for d in devices})
+
+
+def _order_batch_by_process(grid: np.ndarray, axes: tuple[str, ...]) -> np.ndarray:
+  """`grid` with the positions along each batch axis stably sorted by the processes of their
+  devices (innermost batch axis first), which makes each process's share of the batch one
+  block wherever whole-axis reordering can; one process's grid comes back unchanged."""
+  for dim in reversed([axes.index(a) for a in BATCH_AXES if a in axes]):
+    keys = [tuple(d.process_index for d in np.take(grid, [i], axis=dim).flat)
+            for i in range(grid.shape[dim])]
+    grid = np.take(grid, sorted(range(len(keys)), key=keys.__getitem__), axis=dim)
+  return grid
+
+
+def check_batch_blocks(grid: np.ndarray, axes: Sequence[str]) -> None:
+  """ValueError unless the i-th process (processes ranked by `process_index`) holds exactly the
+  i-th of equal contiguous blocks of the global batch.
+
+  That is what the input pipeline assumes: `pipeline.train_iterator` gives process i rows
+  [i*L, (i+1)*L) of every global batch and `pipeline.to_global_batch` places them with
+  `jax.make_array_from_process_local_data` under `batch_sharding`, whose blocks follow the
+  mesh's batch axes ("data", then "fsdp"). `grid`: a mesh's devices (`mesh.devices`), over
+  mesh axes `axes`.
+  """
+  axes = tuple(axes)
+  batch_dims = [axes.index(a) for a in BATCH_AXES if a in axes]
+  other_dims = [i for i in range(grid.ndim) if i not in batch_dims]
+  # One row per block of the batch, in batch order, holding the devices that keep that block.
+  blocks = np.transpose(grid, batch_dims + other_dims).reshape(
+      math.prod(grid.shape[i] for i in batch_dims), -1)
+  processes = sorted({d.process_index for d in grid.flat})
+  if len(blocks) % len(processes):
+    raise ValueError(
+        f"the mesh's batch axes split the batch into {len(blocks)} blocks, which "
+        f"{len(processes)} processes cannot hold equally; change mesh.shape / mesh.dcn_shape so "
+        "the axes spanning processes are batch axes ('data', 'fsdp')")
+  per_process = len(blocks) // len(processes)
+  for i, block in enumerate(blocks):
+    owners = sorted({d.process_index for d in block})
+    expected = processes[i // per_process]
+    if owners != [expected]:
+      raise ValueError(
+          f"block {i} of the {len(blocks)} blocks of the global batch would be held by "
+          f"process(es) {owners}, but the input pipeline gives it to process {expected} alone "
+          "(process i reads the i-th contiguous block of every batch); lay out the mesh so the "
+          "axes spanning processes come first among the batch axes and non-batch axes ('model') "
+          "stay within a process: set mesh.axes / mesh.shape / mesh.dcn_shape accordingly")
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:

@@ -42,6 +42,7 @@ __all__ = [
   "augment_view",
   "augment_batch",
   "augment_views",
+  "without_crop",
 ]
 
 # SimCLR's augmentation (Chen et al. 2020, appendix A): random resized crop with area
@@ -99,6 +100,11 @@ def _check_image(image, name: str = "image"):
 
 
 def _check_batch(images, name: str = "images"):
+  if getattr(images, "ndim", None) == 5:
+    raise ValueError(
+      f"{name}: got views already cropped from the full images on the host, [B, V, h, w, C]"
+      f" {tuple(images.shape)}, but this view function crops on device; set"
+      " data.crop_on_host=False for this method")
   _check_rank_and_channels(images, name, 4)
 
 
@@ -1090,6 +1096,20 @@ def augment_batch(key, images, config=None, *, return_params: bool = False):
   return jax.vmap(lambda k, x: pipeline(k, x, return_params=return_params))(keys, images)
 
 
+def without_crop(config, view_hw) -> Pipeline:
+  """`make_pipeline(config)` without its random resized crops, for views already cropped (on
+  the host, from the full image: `sslx.data.decode.HostCrops`) to ``view_hw``; ValueError when
+  the pipeline's crop would give another size."""
+  pipeline = make_pipeline(config)
+  crops = [op for op in pipeline.ops if isinstance(op, RandomResizedCrop)]
+  for op in crops:
+    if tuple(op.out_hw(tuple(view_hw))) != tuple(view_hw):
+      raise ValueError(f"views cropped on the host are {tuple(view_hw)}, but the augmentation's"
+                       f" crop gives {tuple(op.out_hw(tuple(view_hw)))} ({op.spec()}); make the"
+                       " crop size and the host views' size agree")
+  return Pipeline([op for op in pipeline.ops if not isinstance(op, RandomResizedCrop)])
+
+
 def augment_views(key, images, configs, *, return_params: bool = False):
   """One batch of views per config; view i uses ``jax.random.fold_in(key, i)``.
 
@@ -1098,7 +1118,19 @@ def augment_views(key, images, configs, *, return_params: bool = False):
 
     rng = jax.random.fold_in(base_rng, step)
     view1, view2 = augment_views(rng, images_uint8, [DEFAULT_VIEW, DEFAULT_VIEW])
+
+  ``images`` [B, H, W, C], or [B, V, h, w, C]: V views per image already cropped from the full
+  image on the host (``data.crop_on_host``); view i is then config i without its crop
+  (`without_crop`) applied to ``images[:, i]``, so V must be at least the number of configs.
   """
+  if getattr(images, "ndim", None) == 5:
+    configs = list(configs)
+    if not 1 <= len(configs) <= images.shape[1]:
+      raise ValueError(f"images: {images.shape[1]} views per image were cropped on the host"
+                       f" (data.crop_on_host), but {len(configs)} view configs ask for views")
+    return [augment_batch(jax.random.fold_in(key, i), images[:, i],
+                          without_crop(c, images.shape[2:4]), return_params=return_params)
+            for i, c in enumerate(configs)]
   _check_batch(images)
   if isinstance(configs, (str, Pipeline, Mapping)) or hasattr(configs, "to_dict"):
     raise ValueError(

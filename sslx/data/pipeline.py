@@ -46,6 +46,7 @@ once; in a notebook ``absl.flags.FLAGS.mark_as_parsed()``) before creating the i
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Optional
 
 import grain
@@ -53,7 +54,8 @@ import jax
 import numpy as np
 from absl import flags
 
-__all__ = ["DEFAULT_READ_OPTIONS", "eval_iterator", "to_global_batch", "train_iterator"]
+__all__ = ["DEFAULT_READ_OPTIONS", "default_worker_count", "eval_iterator", "to_global_batch",
+           "train_iterator"]
 
 # Elements of the grain IterDataset are whole local batches, so the prefetch buffer counts
 # batches (grain's default of 500 is meant for single records). Threads decode different batches
@@ -131,6 +133,34 @@ class _TrainBatch:
     }
 
 
+class _CroppedTrainBatch:
+  """(j, example indices [L]) -> {"image": views, "label", "mask"} for this process's j-th block:
+  each record decoded and cropped by ``host_crops`` (`sslx.data.decode.HostCrops`) with
+  randomness from the seed and the record's global position in the training stream, so the
+  views do not depend on the worker or process count and replay exactly on resume."""
+
+  def __init__(self, source: Any, host_crops: Any, seed: int, local: int, process_index: int,
+               process_count: int):
+    self._source, self._crops, self._seed = source, host_crops, seed
+    self._local, self._first, self._stride = local, process_index, process_count
+
+  def __call__(self, j, indices) -> dict[str, Any]:
+    block = j * self._stride + self._first  # the block of the global stream this process reads
+    positions = block * self._local + np.arange(len(indices))
+    images, labels = self._crops.batch(self._source, indices, positions, self._seed)
+    return {"image": images, "label": labels, "mask": np.ones((len(indices),), dtype=bool)}
+
+
+def default_worker_count(decodes_images: bool) -> int:
+  """grain worker processes for ``worker_count=-1``: one per CPU core this process may use when
+  the records are images decoded on read (JPEG datasets), else 0 (in-memory arrays such as
+  Fashion-MNIST batch faster in the main process than workers can ship them)."""
+  if not decodes_images:
+    return 0
+  cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+  return len(cores) if cores else (os.cpu_count() or 1)
+
+
 class _EvalBatch:
   """positions [L] -> {"image", "label", "mask"} for the examples there, read together; positions
   past the end of the split give zero rows with mask False."""
@@ -153,7 +183,7 @@ class _EvalBatch:
 
 def train_iterator(source: Any, *, global_batch_size: int, seed: int,
                    process_index: Optional[int] = None, process_count: Optional[int] = None,
-                   worker_count: int = 0,
+                   worker_count: int = 0, host_crops: Any = None,
                    read_options: Optional[grain.ReadOptions] = None) -> grain.DatasetIterator:
   """An infinite iterator over this process's rows of each global training batch.
 
@@ -161,15 +191,23 @@ def train_iterator(source: Any, *, global_batch_size: int, seed: int,
   with L = global_batch_size // process_count: rows [p*L, (p+1)*L) of the global batch, which is
   the same for any process count. Reshuffled every epoch, deterministically from ``seed``.
   ``it.get_state()`` / ``it.set_state()`` resume exactly (see the module doc for orbax).
-  ``worker_count > 0``: decode in that many grain worker processes (needs absl flags parsed).
+  ``worker_count > 0``: decode in that many grain worker processes (needs absl flags parsed);
+  -1: `default_worker_count` (a worker per core when records are decoded on read, else none).
+  ``host_crops``: a `sslx.data.decode.HostCrops` for a source of encoded images
+  (``sources.load_source(..., encoded=True)``); ``"image"`` is then its views of each record,
+  cropped from the full image ([L, V, s, s, C], or ``{group: [L, n, s, s, C]}``).
   ``read_options``: grain reader threads / prefetch buffer (in batches) per process.
   """
   process_index, process_count, local = _process_layout(global_batch_size, process_index,
                                                         process_count)
   if len(source) == 0:
     raise ValueError("train_iterator: the source is empty")
+  if worker_count == -1:
+    decodes = host_crops is not None or bool(getattr(source, "decodes_images", False))
+    worker_count = default_worker_count(decodes)
   if worker_count < 0:
-    raise ValueError(f"worker_count must be >= 0, got {worker_count}")
+    raise ValueError(f"worker_count must be >= 0 or -1 (one per core for decoded images), got"
+                     f" {worker_count}")
   ds = (
     grain.MapDataset.range(len(source))
     .shuffle(seed=_shuffle_seed(seed))  # epoch e of the index space uses its own permutation
@@ -178,7 +216,12 @@ def train_iterator(source: Any, *, global_batch_size: int, seed: int,
   )
   # This process's block of each global batch, and only then read: a batch of indices is read in
   # one call (tfds array_record sources read ~5x faster that way than record by record).
-  ds = ds[process_index::process_count].map(_TrainBatch(source))
+  ds = ds[process_index::process_count]
+  if host_crops is None:
+    ds = ds.map(_TrainBatch(source))
+  else:
+    ds = ds.map_with_index(_CroppedTrainBatch(source, host_crops, seed, local, process_index,
+                                              process_count))
   it_ds = ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():
@@ -225,5 +268,7 @@ def to_global_batch(local_batch: Mapping[str, np.ndarray],
   out = {}
   for key, value in local_batch.items():
     s = sharding[key] if isinstance(sharding, Mapping) else sharding
-    out[key] = jax.make_array_from_process_local_data(s, np.asarray(value))
+    # A value may be a dict itself (host multi-crop views: {group: array}).
+    out[key] = jax.tree.map(
+        lambda v, s=s: jax.make_array_from_process_local_data(s, np.asarray(v)), value)
   return out

@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sslx import paths
 from sslx.data.pipeline import read_examples
 
 __all__ = [
@@ -124,6 +125,9 @@ class DatasetInfo:
   prepare_hint: str = ""
   # The stored images vary in size (JPEG datasets): load_source resizes them to image_shape.
   resize: bool = False
+  # The centre crop of those resized images, as a fraction of the resized shorter side: 0.875 is
+  # the papers' evaluation transform (shorter side to 256, central 224).
+  crop_fraction: float = 0.875
 
 
 def _tfds_build_hint(tfds_name: str, extra: str = "") -> str:
@@ -136,10 +140,13 @@ def _tfds_build_hint(tfds_name: str, extra: str = "") -> str:
 
 
 def resolve_data_dir(data_dir: Optional[str | os.PathLike] = None) -> str:
-  """The data dir to use: ``data_dir`` if given, else $SSLX_DATA_DIR, else ~/tensorflow_datasets."""
+  """The data dir to use: ``data_dir`` if given, else $SSLX_DATA_DIR, else ~/tensorflow_datasets.
+  A local path is made absolute (``~`` expanded); a URL (``gs://bucket/tfds``) is kept as it is:
+  tfds reads it through etils.epath."""
   if data_dir is None or str(data_dir) == "":
     data_dir = os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets"
-  return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  data_dir = os.fspath(data_dir)
+  return paths.absolute(data_dir if paths.is_remote(data_dir) else os.path.expanduser(data_dir))
 
 
 # --------------------------------------------------------------------------------------------
@@ -617,50 +624,59 @@ def _check_size(height, width) -> None:
       raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
-def resize_and_center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_and_center_crop(image: np.ndarray, height: int, width: int,
+                           crop_fraction: float = 1.0) -> np.ndarray:
   """uint8 [h, w, C] -> uint8 [height, width, C]: scale (bicubic, antialiased, PIL) so the image
-  just covers height x width keeping its aspect ratio, then cut out the centre.
+  just covers (height, width) / ``crop_fraction`` keeping its aspect ratio, then cut out the
+  centre height x width.
 
-  The usual evaluation transform (resize the shorter side, centre crop); here it also fixes the
-  training shape so batches stack, and the random crop is done on device afterwards.
+  The usual evaluation transform: ``crop_fraction`` 0.875 resizes ImageNet's shorter side to 256
+  and keeps the central 224 (the papers' protocol); 1.0 keeps as much of the image as fits.
   """
   import PIL.Image  # tfds needs pillow to decode these datasets anyway
 
   _check_size(height, width)
+  if not 0 < crop_fraction <= 1:
+    raise ValueError(f"crop_fraction: expected a number in (0, 1], got {crop_fraction!r}")
   image = np.asarray(image)
   if image.ndim != 3 or image.dtype != np.uint8 or image.shape[0] < 1 or image.shape[1] < 1:
     raise ValueError(f"image: expected uint8 [h, w, C], got {image.dtype} {image.shape}")
   h, w = image.shape[:2]
-  if (h, w) != (height, width):
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+  scale = max(height / h, width / w) / crop_fraction
+  new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+  if (new_h, new_w) != (h, w):
     channels = image.shape[2]
     pil = PIL.Image.fromarray(image[..., 0] if channels == 1 else image)
     image = np.asarray(pil.resize((new_w, new_h), PIL.Image.BICUBIC)).reshape(new_h, new_w,
                                                                                channels)
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    image = image[top:top + height, left:left + width]
-  return image
+  top, left = (new_h - height) // 2, (new_w - width) // 2
+  return image[top:top + height, left:left + width]
 
 
 class ResizedSource:
   """A random-access source whose images all come out as uint8 [height, width, C]
-  (``resize_and_center_crop``); ``len``, ``[i]`` and ``__getitems__`` as the wrapped source.
+  (``resize_and_center_crop`` with ``crop_fraction``); ``len``, ``[i]`` and ``__getitems__`` as
+  the wrapped source.
 
   Picklable when the wrapped source is, so grain's worker processes do the JPEG decoding and
   the resizing in parallel (``train_iterator(worker_count=...)``).
   """
 
-  def __init__(self, source: Any, height: int, width: int):
+  # Records are decoded on read: train_iterator(worker_count=-1) starts a worker per core.
+  decodes_images = True
+
+  def __init__(self, source: Any, height: int, width: int, crop_fraction: float = 1.0):
     _check_size(height, width)
     self.source, self.height, self.width = source, int(height), int(width)
+    self.crop_fraction = float(crop_fraction)
 
   def __len__(self) -> int:
     return len(self.source)
 
   def _fix(self, example):
     example = dict(example)
-    example["image"] = resize_and_center_crop(example["image"], self.height, self.width)
+    example["image"] = resize_and_center_crop(example["image"], self.height, self.width,
+                                              self.crop_fraction)
     return example
 
   def __getitem__(self, index):
@@ -670,7 +686,8 @@ class ResizedSource:
     return [self._fix(e) for e in read_examples(self.source, indices)]
 
   def __repr__(self) -> str:
-    return f"ResizedSource({self.source!r}, {self.height}, {self.width})"
+    return (f"ResizedSource({self.source!r}, {self.height}, {self.width},"
+            f" crop_fraction={self.crop_fraction})")
 
 
 # The ImageNet statistics (torchvision's, used by SimCLR / MoCo / DINO code) serve the ImageNet
@@ -756,9 +773,14 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 def load_source(name: str, split: str, *, data_dir: Optional[str | os.PathLike] = None,
-                source_dir: Optional[str | os.PathLike] = None, allow_download: bool = True):
+                source_dir: Optional[str | os.PathLike] = None, allow_download: bool = True,
+                encoded: bool = False):
   """A random-access source for one split: ``len(src)`` and ``src[i]`` ->
   ``{"image": uint8 [H, W, C], "label": int, ...}`` (tfds's ArrayRecordDataSource).
+
+  ``encoded``: the images stay encoded (``"image"`` holds the JPEG / PNG bytes) for decoding
+  and cropping from the full image in the input pipeline (`sslx.data.decode.HostCrops`,
+  ``data.crop_on_host``); only for datasets whose tfds image feature is encoded.
 
   ``split`` is a tfds split spec ("train", "test", "train+unlabelled", "train[:10%]", ...).
   fashion_mnist, mnist and digits are prepared first if needed (``DatasetInfo.prepare``); the
@@ -782,7 +804,17 @@ def load_source(name: str, split: str, *, data_dir: Optional[str | os.PathLike] 
       raise DatasetNotFoundError(
         f"Dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format.value},"
         f" but sslx reads array_record (random access, no TensorFlow); {info.prepare_hint}.")
+  if encoded:
+    image_feature = tfds.builder(info.tfds_name, data_dir=data_dir).info.features["image"]
+    if not isinstance(image_feature, tfds.features.Image):
+      raise ValueError(
+        f"data.crop_on_host: dataset {name!r} stores its images as"
+        f" {type(image_feature).__name__} arrays, not encoded images (JPEG / PNG); crop on"
+        " device (data.crop_on_host=False) or use a dataset of encoded images such as"
+        " imagenet2012")
+    return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
   source = tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
   if info.resize:
-    source = ResizedSource(source, *info.image_shape[:2])
+    source = ResizedSource(source, *info.image_shape[:2], crop_fraction=info.crop_fraction)
   return source

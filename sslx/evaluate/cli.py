@@ -20,9 +20,11 @@ The evaluation runs on this job's devices with the run's mesh settings, single-p
 """
 
 import json
-import os
 
 import ml_collections
+from etils import epath
+
+from sslx import paths
 
 KNN_PROTOCOLS = ("knn", "linear")
 # Protocols on the same frozen features as kNN, off by default (they cost more): big_vision's
@@ -52,16 +54,25 @@ def parse_protocols(protocols) -> tuple[str, ...]:
   return tuple(dict.fromkeys(names))
 
 
+def _checked_path(path, flag: str) -> epath.Path:
+  """`paths.checked`, its error (a URL scheme without its filesystem) a FlagError."""
+  try:
+    return paths.checked(path, flag)
+  except ValueError as e:
+    raise FlagError(str(e)) from None
+
+
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in `workdir/config.json`, with the eval fields it predates filled
-  from `configs.common.base_config` (monitor settings of runs trained before they existed)."""
-  if not os.path.isdir(workdir):
+  from `configs.common.base_config` (monitor settings of runs trained before they existed).
+  `workdir` may be local or remote (gs://...)."""
+  directory = _checked_path(workdir, "--workdir")
+  if not directory.is_dir():
     raise FlagError(f"--workdir {workdir!r} does not exist")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = directory / "config.json"
+  if not path.exists():
     raise FlagError(f"--workdir {workdir!r} has no config.json: not a training run's workdir")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(path.read_text())
   try:
     from configs.common import base_config  # the repository root is on sys.path
     saved["eval"] = {**base_config().eval.to_dict(), **saved.get("eval", {})}
@@ -104,8 +115,10 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
       raise FlagError(f"--baselines: unknown {unknown}; expected names from {BASELINES}")
+  if output:
+    _checked_path(output, "--output")
   config = load_run_config(workdir)
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not (epath.Path(workdir) / "checkpoints").is_dir():
     raise FlagError(f"--workdir {workdir!r} holds no checkpoint (no checkpoints/ directory)")
 
   # Imported here, after the arguments are checked: jax and the models take seconds to load.
@@ -133,7 +146,7 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
   finally:
     checkpointer.close()
 
-  results = {"workdir": os.path.abspath(workdir), "experiment": config.experiment,
+  results = {"workdir": paths.absolute(workdir), "experiment": config.experiment,
              "dataset": config.data.name, "steps": int(state.step), "protocols": list(protocols),
              "rows": {"SSL encoder": {}}, "protocol": {}}
   if any(p in KNN_PROTOCOLS + EXTRA_FEATURE_PROTOCOLS for p in protocols):
@@ -169,11 +182,10 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
     results["plots"] = plots_lib.write_run_plots(workdir, monitor, state.variables)
 
   if jax.process_index() == 0:
-    output = output or os.path.join(workdir, "results.json")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-      json.dump(results, f, indent=2)
-    logging.info("results written to %s", output)
+    target = epath.Path(output) if output else epath.Path(workdir) / "results.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(results, indent=2))
+    logging.info("results written to %s", target)
   return results
 
 

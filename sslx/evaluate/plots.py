@@ -21,7 +21,8 @@ import os
 import jax
 import numpy as np
 from absl import logging
-from matplotlib.figure import Figure  # not pyplot: see _save
+from etils import epath
+from matplotlib.figure import Figure  # not pyplot: see save_figure
 
 from sslx.evaluate import representation
 from sslx.train.metrics import read_metrics
@@ -40,12 +41,16 @@ def _matrix(x, name: str, *, min_rows: int) -> np.ndarray:
   return x.astype(np.float64)
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
+  """Writes `fig` to `path` (local or remote, e.g. gs://..., through etils.epath) in the format
+  its suffix names (PNG without one), creating the directory. Returns `path` as a string."""
   # Figures are matplotlib.figure.Figure objects, not pyplot ones: they render with Agg and
   # leave the process's backend (a notebook's inline one) and pyplot's figure list untouched.
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  return path
+  target = epath.Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with target.open("wb") as f:  # a file object: matplotlib cannot open remote paths itself
+    fig.savefig(f, format=target.suffix[1:] or "png", dpi=100)
+  return os.fspath(path)
 
 
 def plot_curves(records, path: str) -> str:
@@ -75,7 +80,7 @@ def plot_curves(records, path: str) -> str:
   for ax in list(axes.flat)[len(names):]:
     ax.axis("off")
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def covariance_eigenvalues(z) -> np.ndarray:
@@ -100,7 +105,7 @@ def plot_spectrum(z, path: str, *, title: str = "embedding spectrum") -> str:
   ax.set_title(f"{title}: RankMe {rank_me:.1f} of {min(np.shape(z))}", fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def embed_2d(features, *, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -146,7 +151,7 @@ def plot_embedding_map(features, labels, path: str, *, seed: int = 0) -> str:
   ax.set_yticks([])
   ax.set_title(f"{how} of {len(features)} test embeddings", fontsize=10)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def write_run_plots(workdir: str, monitor, variables) -> list[str]:
@@ -160,14 +165,14 @@ def write_run_plots(workdir: str, monitor, variables) -> list[str]:
   written = []
   records = read_metrics(workdir)
   if records:
-    written.append(plot_curves(records, os.path.join(workdir, CURVES)))
+    written.append(plot_curves(records, str(epath.Path(workdir) / CURVES)))
   if not (np.isfinite(view0).all() and np.isfinite(clean).all()):
     logging.warning("the encoder's features are not finite: no spectrum or embedding map")
     return written
-  written.append(plot_spectrum(view0, os.path.join(workdir, SPECTRUM),
+  written.append(plot_spectrum(view0, str(epath.Path(workdir) / SPECTRUM),
                                title="monitor view 0"))
   written.append(plot_embedding_map(clean, monitor.monitor_set.labels,
-                                    os.path.join(workdir, EMBEDDING_MAP)))
+                                    str(epath.Path(workdir) / EMBEDDING_MAP)))
   logging.info("plots written: %s", written)
   return written
 
@@ -213,4 +218,4 @@ def plot_attention_maps(images, attention, grid_size, path: str, *, title: str =
       ax.set_yticks([])
   fig.suptitle(title or "last block [CLS] attention", fontsize=9)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)

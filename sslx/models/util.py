@@ -1,5 +1,6 @@
 """Model bookkeeping shared by the encoders and heads: abstract construction, parameter counts and
-the compiler's FLOP estimate, all from shapes only (no arrays allocated, nothing compiled)."""
+the compiler's FLOP estimate from shapes only, and the accelerator options every model shares:
+the compute dtype (`set_compute_dtype`) and per-block rematerialisation (`remat_call`)."""
 
 from typing import Any, Callable
 

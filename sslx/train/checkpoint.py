@@ -1,13 +1,28 @@
 """Checkpoints: the train state and the input iterator saved together by one orbax
-CheckpointManager under `workdir/checkpoints`, so a restarted run continues exactly.
+CheckpointManager under `workdir/checkpoints`, so a restarted run continues exactly. The workdir
+may be local or remote (`gs://...`): orbax writes through `etils.epath` and tensorstore.
 """
-
-import os
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+from sslx import paths
+
+
+# Remote schemes orbax cannot checkpoint to: tensorstore, which writes the arrays, is given a GCS
+# bucket for gs:// and a local directory for anything else.
+_UNSUPPORTED_SCHEMES = ("s3", "az", "hf")
+
+
+def check_workdir_supported(workdir: str, name: str = "--workdir") -> None:
+  """Raises ValueError, naming `name`, for a URL whose scheme orbax cannot write checkpoints to
+  (called before any compute: orbax would only fail at the first save)."""
+  if paths.scheme(workdir) in _UNSUPPORTED_SCHEMES:
+    raise ValueError(f"{name}={workdir!r}: orbax cannot write checkpoints to "
+                     f"{paths.scheme(workdir)}:// paths; use a local path (or a mount) or gs://")
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -23,7 +38,8 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    # Absolute: tensorstore, which writes the arrays, refuses relative local paths.
+    self.directory = paths.absolute(epath.Path(workdir) / "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
@@ -37,7 +53,7 @@ class Checkpointer:
         data=grain.checkpoint.CheckpointSave(data_iterator)))
 
   def step_path(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return str(epath.Path(self.directory) / str(step))
 
   def restore(self, abstract_state, data_iterator=None, step: int | None = None):
     """Restores the state (onto the shardings of `abstract_state`) and, when given, the input
@@ -94,15 +110,15 @@ class Checkpointer:
         "(config.json in the workdir)")
 
   def _move_aside(self, step: int) -> str:
-    target_dir = self.directory + "_unreadable"
-    os.makedirs(target_dir, exist_ok=True)
-    target, n = os.path.join(target_dir, str(step)), 0
-    while os.path.exists(target):  # an earlier fallback moved this step already
+    target_dir = epath.Path(self.directory + "_unreadable")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target, n = target_dir / str(step), 0
+    while target.exists():  # an earlier fallback moved this step already
       n += 1
-      target = os.path.join(target_dir, f"{step}.{n}")
-    os.rename(self.step_path(step), target)
+      target = target_dir / f"{step}.{n}"
+    epath.Path(self.step_path(step)).rename(target)
     self.manager.reload()
-    return target
+    return str(target)
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

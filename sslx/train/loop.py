@@ -11,15 +11,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
-from sslx import sharding
-from sslx.data import pipeline, sources
+from sslx import paths, runtime, sharding
+from sslx.data import decode, pipeline, sources
 from sslx.evaluate import features as features_lib
 from sslx.evaluate import fewshot, knn, linear, report
 from sslx.evaluate import monitor as monitor_lib
 from sslx.train import optim
-from sslx.train.checkpoint import Checkpointer, abstract_like
+from sslx.train.checkpoint import Checkpointer, abstract_like, check_workdir_supported
 from sslx.train.metrics import MetricWriter
 from sslx.train.preemption import PreemptionWatch
 from sslx.train.state import TrainState
@@ -64,18 +65,22 @@ def build_method(config):
 
 
 def _check_workdir(workdir: str) -> None:
-  if "://" in workdir:  # os.makedirs would quietly create a local "gs:" directory
-    raise ValueError(f"--workdir {workdir!r}: URLs are not supported yet; use a directory every "
-                     "host sees (NFS, Lustre, a GCSFuse mount)")
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
+  """Creates the workdir (local, or a URL such as gs://bucket/run whose filesystem must be
+  installed) and checks a local one is writable."""
+  check_workdir_supported(workdir)
+  path = paths.checked(workdir, "--workdir")
+  path.mkdir(parents=True, exist_ok=True)
+  if not paths.is_remote(workdir) and not os.access(workdir, os.W_OK):
     raise PermissionError(f"--workdir {workdir!r} is not writable")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the results."""
   sharding.initialize_distributed(config.distributed)
+  runtime.log_and_check_runtime(require_accelerator=config.require_accelerator)
   _check_workdir(workdir)
+  if config.data.data_dir:  # a gs:// data dir needs the same filesystem as a gs:// workdir
+    paths.checked(config.data.data_dir, "config.data.data_dir")
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.get_rules(config.mesh)  # a bad preset or rule fails here, before any compute
   sharding.check_rules_fit_mesh(rules, mesh)
@@ -102,14 +107,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     sources.load_source(config.data.name, info.train_split, **source_kwargs)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("sslx: dataset prepared")
-  train_source = sources.load_source(config.data.name, info.train_split, **source_kwargs)
+  host_crops = decode.host_crops_for(config, channels=info.image_shape[-1])
+  train_source = sources.load_source(config.data.name, info.train_split, **source_kwargs,
+                                     encoded=host_crops is not None)
   method = build_method(config)
   tx, schedule = optim.make_optimizer(config.optim, config.batch_size, config.total_steps)
 
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
   data_iter = pipeline.train_iterator(train_source, global_batch_size=config.batch_size,
-                                      seed=config.seed, worker_count=config.data.worker_count)
+                                      seed=config.seed, worker_count=config.data.worker_count,
+                                      host_crops=host_crops)
 
   init_state, state_sharding = state_initializer(config, method, tx, mesh, rules, info)
   state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
@@ -127,8 +135,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   monitor = (monitor_lib.build(config, method, mesh, info, source_kwargs)
              if config.eval.every > 0 or config.eval.plots else None)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
   progress = None
   if is_main and config.progress_bar:
     from tqdm import tqdm
@@ -220,8 +227,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.eval.enabled:
     results = evaluate(config, method, state, mesh, info, source_kwargs)
     if is_main:
-      with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+      (epath.Path(workdir) / "results.json").write_text(json.dumps(results, indent=2))
       print(report.format_table(results["rows"]))
   writer.close()
   checkpointer.close()
@@ -295,13 +301,12 @@ def restore_onto_mesh(config, method, checkpointer, mesh, step: int | None = Non
 
 def _check_same_run(config, workdir: str) -> None:
   """Refuses to resume a workdir with settings that would silently change the run."""
-  path = os.path.join(workdir, "config.json")
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if not (os.path.exists(path) and os.path.isdir(checkpoints)
-          and any(name.isdigit() for name in os.listdir(checkpoints))):
+  path = epath.Path(workdir) / "config.json"
+  checkpoints = epath.Path(workdir) / "checkpoints"
+  if not (path.exists() and checkpoints.is_dir()
+          and any(entry.name.isdigit() for entry in checkpoints.iterdir())):
     return
-  with open(path) as f:
-    saved = _flatten(json.load(f))
+  saved = _flatten(json.loads(path.read_text()))
   current = _flatten(json.loads(config.to_json_best_effort()))
   changed = sorted(k for k in set(saved) | set(current)
                    if k.startswith(_RUN_DEFINING) and saved.get(k) != current.get(k))

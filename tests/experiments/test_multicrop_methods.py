@@ -122,3 +122,18 @@ def test_config_errors_name_the_field():
   with config.unlocked():  # fixed sine-cosine embeddings exist at every grid: fine
     config.model.vit.pos_embed = "sincos"
   dino.get_method(config)
+
+
+def test_dino_teacher_runs_without_drop_path_while_the_student_drops():
+  """The DINO ViT presets set drop_path_rate 0.1 for the student; the teacher never drops
+  (main_dino.py builds it without drop path), so its forward needs no key."""
+  config = _config(dino_config, local_crops=0)
+  with config.unlocked():
+    config.model.name = "vit"
+    config.model.vit.drop_path_rate = 0.5
+  method = dino.get_method(config)
+  batch = _batch()
+  variables = method.init(jax.random.PRNGKey(0), batch)
+  value = jax.jit(method.loss)(variables["params"], {**variables, "step": jnp.int32(0)}, batch,
+                               jax.random.PRNGKey(1))[0]
+  assert np.isfinite(float(value))  # before: "rng ... is required" from the teacher's ViT
