@@ -53,6 +53,7 @@ from absl import app, flags, logging  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # configs/ and experiments/ live in the checkout
 
+from benchmarks import xla_memory as xla_memory_lib  # noqa: E402
 from sslx import sharding  # noqa: E402
 from sslx.data import sources  # noqa: E402
 from sslx.train import loop, optim  # noqa: E402
@@ -130,10 +131,7 @@ def leaf_category(path) -> str:
   return field if field in CATEGORIES[:3] else "other"
 
 
-def device0_bytes(shape, dtype, named_sharding) -> int:
-  """Bytes of one array's shard on device 0 (every shard has this shape: the rules only shard
-  dimensions the mesh axes divide)."""
-  return math.prod(named_sharding.shard_shape(tuple(shape))) * np.dtype(dtype).itemsize
+device0_bytes = xla_memory_lib.shard_bytes  # bytes of one array's shard on device 0
 
 
 def _normalized(spec) -> tuple:
@@ -278,17 +276,9 @@ def measure(method_name: str, layout: str, reference_loss) -> dict:
 
 def xla_memory(compiled, row) -> dict | None:
   """`memory_analysis()` of the compiled step (bytes per device), checked against the state."""
-  stats = compiled.memory_analysis()
-  if stats is None:
+  x = xla_memory_lib.memory_analysis(compiled)  # with peak_estimate_bytes
+  if x is None:
     return None
-  x = {"argument_bytes": int(stats.argument_size_in_bytes),
-       "output_bytes": int(stats.output_size_in_bytes),
-       "alias_bytes": int(stats.alias_size_in_bytes),
-       "temp_bytes": int(stats.temp_size_in_bytes),
-       "generated_code_bytes": int(stats.generated_code_size_in_bytes)}
-  # Live at once, at most: inputs, outputs not written over donated inputs, and scratch.
-  x["peak_estimate_bytes"] = (x["argument_bytes"] + x["output_bytes"] - x["alias_bytes"]
-                              + x["temp_bytes"])
   # jit drops unused arguments (a label the method never reads), never a state leaf: every one
   # flows to the new state.
   state_bytes = row["total"]["device0_bytes"]

@@ -75,8 +75,6 @@ class Backbone(nnx.Module):
     compute_dtype(config.dtype)  # a bad name fails here, before any compute
     check_remat(config.remat)
     check_attention(config.vit.attention)
-    if config.vit.scan and name != "vit":
-      raise ValueError(f"model.vit.scan=True applies to model.name='vit', got {name!r}")
     height, width, channels = image_shape
     self.kind = name
     if name == "resnet":

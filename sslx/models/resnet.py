@@ -78,7 +78,9 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
   """
   keep = 1.0 - rate
   mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-  return x * (mask.astype(x.dtype) / keep)
+  # The scale is cast to x's dtype: a rate traced as float32 (a scanned ViT's) must not promote
+  # a bfloat16 residual stream to float32.
+  return x * jnp.where(mask, 1.0 / keep, 0.0).astype(x.dtype)
 
 
 class _Block(nnx.Module):

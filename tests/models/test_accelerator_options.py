@@ -153,12 +153,20 @@ def test_bad_settings_name_the_field_and_the_accepted_values(field, value, messa
     Backbone(_backbone_config(**{field: value}), (16, 16, 3), rngs=nnx.Rngs(0))
 
 
-def test_scan_needs_a_vit_and_a_block():
-  with pytest.raises(ValueError, match="model.vit.scan=True applies to model.name='vit'"):
-    Backbone(_backbone_config(**{"name": "resnet", "vit.scan": True}), (16, 16, 3),
-             rngs=nnx.Rngs(0))
+def test_scan_needs_a_block_and_dtype_a_known_name():
   with pytest.raises(ValueError, match="model.vit.scan needs at least one block"):
     Backbone(_backbone_config(**{"vit.scan": True, "vit.depth": 0}), (16, 16, 3),
              rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="dtype must be one of"):
     set_compute_dtype(_vit(), jnp.float16)
+
+
+def test_scanned_bfloat16_vit_with_drop_path_follows_the_unrolled_one():
+  """Scanned drop-path rates are traced float32: they must not promote the bfloat16 residual
+  stream (lax.scan refuses a carry whose dtype changes)."""
+  plain = set_compute_dtype(_vit(), "bfloat16")
+  scanned = set_compute_dtype(_vit(scan=True), "bfloat16")
+  value_p, grads_p, _ = _value_and_grad(plain)
+  value_s, grads_s, _ = _value_and_grad(scanned)
+  np.testing.assert_allclose(value_s, value_p, rtol=1e-2)
+  _assert_trees_close(grads_s, stack_block_params(grads_p), 5e-2, 5e-2)
