@@ -75,12 +75,13 @@ class ConvDecoder(nnx.Module):
     """tokens [B, K, encoder_width] at visible_indices [B, K]; noise [B, N, width] fills the
     masked positions. Returns predictions [B, N, encoder_width] in grid order."""
     batch = tokens.shape[0]
-    x = noise.at[jnp.arange(batch)[:, None], visible_indices].set(self.embed(tokens))
-    x = x + jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size))
+    embedded = self.embed(tokens)  # in the compute dtype, which the whole decoder keeps
+    x = noise.astype(embedded.dtype).at[jnp.arange(batch)[:, None], visible_indices].set(embedded)
+    x = x + jnp.asarray(sincos_pos_embed_2d(self.width, self.grid_size), x.dtype)
     x = x.reshape(batch, *self.grid_size, self.width)
     for conv, norm in zip(self.convs, self.norms):
       x = x + jax.nn.gelu(norm(conv(x)), approximate=False)
-    return self.proj(x.reshape(batch, -1, self.width))
+    return self.proj(x.reshape(batch, -1, self.width)).astype(jnp.float32)
 
 
 class Data2VecModel(nnx.Module):

@@ -79,7 +79,7 @@ class SeqJEPAModel(nnx.Module):
                          tokens], axis=1)
     for block in self.blocks:
       x = block(x)
-    return self.norm(x)[:, 0]
+    return self.norm(x)[:, 0].astype(jnp.float32)
 
   def predict(self, agg, next_action, *, train: bool):
     conditioned = jnp.concatenate([agg, self.action_embedding(next_action, train=train)], -1)

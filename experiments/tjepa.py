@@ -77,7 +77,8 @@ class TabularEncoder(nnx.Module):
       tokens = _gather_tokens(tokens, feature_indices)
     registers = jnp.broadcast_to(self.registers[...],
                                  (features.shape[0], self.num_registers, self.width))
-    return self.norm(_run_blocks(self.blocks, jnp.concatenate([registers, tokens], 1), None))
+    tokens = self.norm(_run_blocks(self.blocks, jnp.concatenate([registers, tokens], 1), None))
+    return tokens.astype(jnp.float32)  # float32 out whatever the compute dtype
 
 
 class TabularPredictor(nnx.Module):
@@ -110,7 +111,7 @@ class TabularPredictor(nnx.Module):
         [register_pos, _gather_tokens(pos, context_indices)], axis=1)
     tgt = self.mask_token[...] + _gather_tokens(pos, target_indices)
     x = self.norm(_run_blocks(self.blocks, jnp.concatenate([ctx, tgt], axis=1), None))
-    return self.proj(x[:, length:])
+    return self.proj(x[:, length:]).astype(jnp.float32)
 
 
 class TJEPAModel(nnx.Module):

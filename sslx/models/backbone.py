@@ -75,6 +75,9 @@ class Backbone(nnx.Module):
     compute_dtype(config.dtype)  # a bad name fails here, before any compute
     check_remat(config.remat)
     check_attention(config.vit.attention)
+    if config.vit.attention == "cudnn" and config.dtype != "bfloat16":
+      raise ValueError("model.vit.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused "
+                       f"attention runs in 16-bit), got model.dtype={config.dtype!r}")
     height, width, channels = image_shape
     self.kind = name
     if name == "resnet":

@@ -108,9 +108,7 @@ def set_compute_dtype(module: nnx.Module, dtype) -> nnx.Module:
   and heads return float32, so losses see float32. `dtype` is a jnp dtype or a
   `config.model.dtype` name.
   """
-  dtype = compute_dtype(dtype) if isinstance(dtype, str) else jnp.dtype(dtype)
-  if dtype not in [jnp.dtype(d) for d in COMPUTE_DTYPES.values()]:
-    raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype}")
+  dtype = compute_dtype(dtype if isinstance(dtype, str) else jnp.dtype(dtype).name, "dtype")
   for _, node in nnx.iter_graph(module):
     if isinstance(node, nnx.Module) and hasattr(node, "dtype"):
       node.dtype = dtype

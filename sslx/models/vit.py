@@ -317,9 +317,10 @@ def stack_block_params(params: dict) -> dict:
     return params
   out = {}
   for key, value in params.items():
+    # Layer keys are ints, or digit strings in a checkpoint restored without a target.
     if key == "blocks" and isinstance(value, dict) and value and all(
-        isinstance(k, int) for k in value):
-      layers = [value[i] for i in sorted(value)]
+        str(k).isdigit() for k in value):
+      layers = [value[k] for k in sorted(value, key=int)]
       out[key] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
     else:
       out[key] = stack_block_params(value)
@@ -426,7 +427,7 @@ class VisionTransformer(nnx.Module):
     self.pos_embed = (_param(_TOKEN_INIT, keys, (self.num_patches, width), (None, "embed"))
                       if pos_embed == "learned" else None)
     self.blocks = _blocks(width, depth, num_heads, mlp_ratio, drop_path_rate, layer_scale_init,
-                          "xavier", keys, check_attention(attention))
+                          "xavier", keys, attention)
     if scan:
       self.blocks = ScannedBlocks(self.blocks)
     self.depth = depth
@@ -488,15 +489,13 @@ class VisionTransformer(nnx.Module):
     x, num_prefix = self._tokens(images, patch_indices, mask, mask_token)
     rng = rng if train and self.drop_path_rate > 0 else None
     if isinstance(self.blocks, ScannedBlocks):
-      x, ffn = self.blocks(x, rng, self.remat)
-      layers = ffn[:, :, num_prefix:]
+      x, layers = self.blocks(x, rng, self.remat)  # layers: [depth, B, T, width]
     else:
       layers = []
       for i, block in enumerate(self.blocks):
         x, ffn = remat_call(_block_forward, self.remat, block, x,
                             None if rng is None else jax.random.fold_in(rng, i))
-        if return_layers:
-          layers.append(ffn[:, num_prefix:])
+        layers.append(ffn)
     # Float32 out whatever the compute dtype: heads, targets and losses read these.
     x = self.norm(x).astype(jnp.float32)
     out = {"patches": x[:, num_prefix:]}
@@ -505,8 +504,8 @@ class VisionTransformer(nnx.Module):
     if self.registers is not None:
       out["registers"] = x[:, num_prefix - self.registers.shape[1]:num_prefix]
     out["pooled"] = out["cls"] if "cls" in out else jnp.mean(out["patches"], axis=1)
-    if return_layers:
-      out["layers"] = jnp.stack(layers).astype(jnp.float32)
+    if return_layers:  # unused MLP outputs are dropped by the compiler
+      out["layers"] = jnp.stack(layers)[:, :, num_prefix:].astype(jnp.float32)
     return out
 
   def cls_attention(self, images):
@@ -535,7 +534,7 @@ def vit(variant: str | None = None, *, image_size=224, in_channels: int = 3,
 
   >>> from flax import nnx
   >>> model = vit("Ti/16", image_size=32, rngs=nnx.Rngs(0))
-  >>> (model.width, len(model.blocks), model.num_patches)
+  >>> (model.width, model.depth, model.num_patches)
   (192, 12, 4)
   """
   if variant is not None:
@@ -565,8 +564,7 @@ def _init_mask_token_transformer(module, encoder_width, grid_size, width, depth,
   module.width = width
   module.embed = Dense(encoder_width, width, "embed", "embed", init, keys)
   module.mask_token = _param(mask_token_init, keys, (width,), ("embed",))
-  module.blocks = _blocks(width, depth, num_heads, mlp_ratio, 0.0, None, init, keys,
-                         check_attention(attention))
+  module.blocks = _blocks(width, depth, num_heads, mlp_ratio, 0.0, None, init, keys, attention)
   module.remat = check_remat(remat)
   module.norm = LayerNorm(width, keys)
 

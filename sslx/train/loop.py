@@ -88,6 +88,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   for field in ("total_steps", "log_every", "checkpoint_every"):
     if config[field] < 1:
       raise ValueError(f"{field} must be >= 1, got {config[field]}")
+  if config.optim.name == "lars" and config.model.get("vit", {}).get("scan", False) and (
+      config.model.get("name") == "vit"):
+    # optax's LARS takes one trust ratio per leaf: over a scanned ViT's [depth, ...] stacks it
+    # would be one ratio for all layers instead of one per layer.
+    raise ValueError("optim.name='lars' needs model.vit.scan=False (LARS's trust ratio is per "
+                     "layer; scanned blocks stack the layers); or use optim.name='adamw'")
   if config.nonfinite_policy not in NONFINITE_POLICIES:
     raise ValueError(f"nonfinite_policy must be one of {NONFINITE_POLICIES}, got "
                      f"{config.nonfinite_policy!r}")

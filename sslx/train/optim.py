@@ -43,10 +43,13 @@ NO_DECAY_NAMES = ("qkv_bias", "cls_token", "registers", "mask_token", "pos_embed
 def decay_mask(params):
   """True for weight matrices and conv kernels (ndim > 1, not in NO_DECAY_NAMES); biases, norm
   scales and tokens are excluded, as in SimCLR / BYOL (decaying BN scales fights the
-  normalisation) and the ViT methods."""
+  normalisation) and the ViT methods. A scanned ViT's stacked block parameters
+  (``blocks/block/...``, sslx.models.vit.ScannedBlocks) are judged per layer, without their
+  leading [depth] axis."""
   def decays(path, p):
-    name = getattr(path[-1], "key", None) if path else None
-    return p.ndim > 1 and name not in NO_DECAY_NAMES
+    keys = [getattr(k, "key", None) for k in path]
+    stacked = any(a == "blocks" and b == "block" for a, b in zip(keys, keys[1:]))
+    return p.ndim - stacked > 1 and (keys[-1] if keys else None) not in NO_DECAY_NAMES
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

@@ -37,7 +37,8 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, schedule, 
     def keep(new, old):
       return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
-    params, model_state, update_metrics = optax.apply_updates(state.params, updates), aux["state"], {}
+    params = optax.apply_updates(state.params, updates)
+    model_state, update_metrics = aux["state"], {}
     if method.after_update is not None:  # EMA teachers follow the updated student
       model_state, update_metrics = method.after_update(params, model_state, state.step)
     skipped = (~finite).astype(jnp.int32)

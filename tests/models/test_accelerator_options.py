@@ -170,3 +170,11 @@ def test_scanned_bfloat16_vit_with_drop_path_follows_the_unrolled_one():
   value_s, grads_s, _ = _value_and_grad(scanned)
   np.testing.assert_allclose(value_s, value_p, rtol=1e-2)
   _assert_trees_close(grads_s, stack_block_params(grads_p), 5e-2, 5e-2)
+
+
+def test_checkpoint_layer_keys_as_strings_stack_in_numeric_order():
+  """A checkpoint restored without a target has string layer keys ("0", "1", ..., "10")."""
+  layers = {str(i): {"w": jnp.full((2,), float(i))} for i in range(11)}
+  stacked = stack_block_params({"encoder": {"blocks": layers}})["encoder"]["blocks"]["block"]
+  np.testing.assert_array_equal(stacked["w"][:, 0], np.arange(11))
+  assert set(unstack_block_params({"blocks": {"block": stacked}})["blocks"]) == set(range(11))

@@ -79,6 +79,24 @@ def test_decay_mask_on_a_vit_decays_exactly_the_weight_matrices():
                      "['blocks'][0]['fc2']['kernel']"}
 
 
+def test_decay_mask_of_scanned_blocks_is_the_unrolled_mask_stacked():
+  """A scanned ViT's block parameters carry a leading [depth] axis: biases, norm scales and
+  LayerScale gains ([depth, width]) must still not be decayed."""
+  from flax import nnx
+
+  from sslx.models import vit
+
+  def params(scan):
+    model = nnx.eval_shape(lambda: vit(patch_size=4, width=8, depth=2, num_heads=2, image_size=8,
+                                       layer_scale_init=0.1, scan=scan, rngs=nnx.Rngs(0)))
+    return nnx.state(model, nnx.Param).to_pure_dict()
+
+  unrolled = optim.decay_mask(params(False))
+  stacked = jax.tree.map(lambda a, b: a and b, *(unrolled["blocks"][i] for i in range(2)))
+  assert optim.decay_mask(params(True)) == {**unrolled, "blocks": {"block": stacked}}
+  assert stacked["fc1"] == {"kernel": True, "bias": False} and stacked["ls1"] is False
+
+
 def test_gradient_clipping():
   c = _config(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, warmup_steps=0,
               lr_scaling="none", grad_clip_norm=1.0)

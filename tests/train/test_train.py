@@ -147,6 +147,8 @@ def test_vit_backbone_sharded_by_fsdp_rules_matches_replicated(fashion_mnist_dir
     ({"optim.warmup_steps": 6}, r"optim.warmup_steps must be in \[0, total_steps\), got 6"),
     ({"optim.momentum": 1.0}, r"optim.momentum must be in \[0, 1\)"),
     ({"nonfinite_policy": "ignore"}, "nonfinite_policy must be one of"),
+    ({"model.name": "vit", "model.vit.scan": True}, "optim.name='lars' needs model.vit.scan=False"),
+    ({"model.dtype": "float16"}, "model.dtype must be one of"),
 ])
 def test_bad_config_values_fail_before_training(fashion_mnist_dir, tmp_path, overrides, match):
   config = smoke_config(fashion_mnist_dir, **overrides)
