@@ -55,6 +55,7 @@ from absl import app, flags
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # configs/ and experiments/ live in the checkout
 
+from benchmarks import xla_memory  # noqa: E402
 from sslx import sharding
 from sslx.data import sources
 from sslx.models import COMPUTE_DTYPES, REMAT_POLICIES
@@ -230,20 +231,6 @@ def model_flops_per_step(config, batch, lowered=None) -> float:
   return cost_flops(lowered)
 
 
-def memory_bytes(compiled) -> dict | None:
-  stats = compiled.memory_analysis()
-  if stats is None:
-    return None
-  out = {"argument_bytes": int(stats.argument_size_in_bytes),
-         "output_bytes": int(stats.output_size_in_bytes),
-         "alias_bytes": int(stats.alias_size_in_bytes),
-         "temp_bytes": int(stats.temp_size_in_bytes)}
-  # Live at once, at most: inputs, outputs not written over donated inputs, and scratch.
-  out["peak_estimate_bytes"] = (out["argument_bytes"] + out["output_bytes"]
-                                - out["alias_bytes"] + out["temp_bytes"])
-  return out
-
-
 def check_counts(steps: int, warmup: int, rounds: int) -> None:
   if steps < 1 or warmup < 1 or rounds < 1:
     raise ValueError(f"steps, warmup (the first step included) and rounds must be >= 1, got "
@@ -315,7 +302,7 @@ class Run:
         "bf16_peak_flops": bf16_peak, "mfu_vs_bf16_peak": mfu(model_flops, steps_per_s, bf16_peak),
         # Whether config.model.dtype reached the compiled program at all.
         "hlo_has_bf16": "bf16" in compiled.as_text(),
-        "memory": memory_bytes(compiled),
+        "memory": xla_memory.memory_analysis(compiled),
         # The process's peak so far on device 0 (GPU / TPU): runs of one process accumulate.
         "process_peak_bytes_in_use": memory_stats.get("peak_bytes_in_use"),
         "first_loss": self.first_loss, "last_loss": last_loss,
