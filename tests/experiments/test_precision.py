@@ -18,9 +18,9 @@ from sslx.train.step import make_train_step
 from tests.experiments.test_methods import METHODS, fixed_inputs
 
 # The compiled loss comparison on the model families (CPU compiles in bfloat16 are slow): a
-# ResNet with a contrastive loss, a multi-crop ViT with the DINO head, a ViT with a decoder;
-# BYOL's EMA teacher in the step test. The traced-FLOPs check covers every method.
-FAMILIES = ("simclr", "dino", "mae")
+# ResNet with a contrastive loss and a multi-crop ViT with the DINO head; BYOL's EMA teacher in
+# the step test. The traced-FLOPs check covers every method.
+FAMILIES = ("simclr", "dino")
 # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ~ 0.2%); through a few layers and
 # a loss the relative change of the loss at initialisation stays within this bound.
 LOSS_RTOL = 0.03
