@@ -85,6 +85,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 100
   c.optim.end_lr_fraction = 0.0
   c.optim.grad_clip_norm = 0.0
+  # Gradient caching (Gao et al. 2021; sslx.train.grad_cache): the loss's gradient in this many
+  # micro-batches of batch_size / grad_cache_chunks images, exactly the full batch's loss and
+  # gradient with one micro-batch's activations in memory. 1: off. For SimCLR, DCL, SupCon and
+  # NNCLR with a BatchNorm-free encoder and projector (model.name=vit, projector.norm=layer or
+  # none); anything else is refused. No plain gradient accumulation: it would change a
+  # contrastive loss (fewer negatives) and BatchNorm's statistics.
+  c.optim.grad_cache_chunks = 1
 
   c.eval = ml_collections.ConfigDict()
   c.eval.enabled = True

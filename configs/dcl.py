@@ -26,7 +26,9 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dataset, args = common.parse_variant(arg, extra=("dclw",))
   c = common.method_config("dcl", dataset)
-  c.projector = ml_collections.ConfigDict({"hidden": (2048,), "out_features": 128})
+  # "batch" (the paper's) | "layer" | "none"; BatchNorm-free for optim.grad_cache_chunks > 1.
+  c.projector = ml_collections.ConfigDict({"hidden": (2048,), "out_features": 128,
+                                           "norm": "batch"})
   # variant "dcl" or "dclw"; sigma: DCLW's softmax temperature over positive cosines (paper 0.5).
   c.loss = ml_collections.ConfigDict(
       {"temperature": 0.1, "variant": "dclw" if args.get("dclw") else "dcl", "sigma": 0.5})

@@ -26,9 +26,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dataset, args = common.parse_variant(arg)
   c = common.method_config("nnclr", dataset)
   # NNCLR Sec. 4.1: projector 3 layers [2048, 2048, 256] with BN after each (the last too),
-  # predictor [4096, 256].
+  # predictor [4096, 256]. projector.norm "layer" (or "none" with norm_last False) for
+  # optim.grad_cache_chunks > 1, which needs a BatchNorm-free projector (the predictor may keep it).
   c.projector = ml_collections.ConfigDict(
-      {"hidden": (2048, 2048), "out_features": 256, "norm_last": True})
+      {"hidden": (2048, 2048), "out_features": 256, "norm_last": True, "norm": "batch"})
   c.predictor = ml_collections.ConfigDict({"hidden": (4096,)})
   c.loss = ml_collections.ConfigDict({"temperature": 0.1, "form": "paper"})
   c.optim.name = "lars"

@@ -24,6 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dataset, args = common.parse_variant(arg)
   c = common.method_config("simclr", dataset)
   c.projector = ml_collections.ConfigDict()
+  # "batch" (the paper's) | "layer" | "none"; BatchNorm-free for optim.grad_cache_chunks > 1.
+  c.projector.norm = "batch"
   c.loss = ml_collections.ConfigDict()
   c.optim.name = "lars"
   if dataset == "fashion_mnist":

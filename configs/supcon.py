@@ -31,7 +31,9 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dataset, args = common.parse_variant(arg)
   c = common.method_config("supcon", dataset)
-  c.projector = ml_collections.ConfigDict({"hidden": (2048,), "out_features": 128})
+  # "batch" (the paper's) | "layer" | "none"; BatchNorm-free for optim.grad_cache_chunks > 1.
+  c.projector = ml_collections.ConfigDict({"hidden": (2048,), "out_features": 128,
+                                           "norm": "batch"})
   c.loss = ml_collections.ConfigDict({"temperature": 0.1})
   if dataset == "fashion_mnist":
     c.projector.hidden = (256,)

@@ -35,7 +35,7 @@ class NNCLRModel(nnx.Module):
     self.encoder = Backbone(config.model, image_shape, rngs=rngs)
     p, q = config.projector, config.predictor
     self.projector = MLP(self.encoder.num_features, tuple(p.hidden), p.out_features,
-                         norm_last=p.norm_last, rngs=rngs)
+                         norm_last=p.norm_last, norm=p.get("norm", "batch"), rngs=rngs)
     self.predictor = MLP(p.out_features, tuple(q.hidden), p.out_features, rngs=rngs)
 
 

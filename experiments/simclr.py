@@ -15,7 +15,8 @@ class SimCLRModel(nnx.Module):
   def __init__(self, config, image_shape, *, rngs: nnx.Rngs):
     self.encoder = Backbone(config.model, image_shape, rngs=rngs)
     p = config.projector
-    self.projector = MLP(self.encoder.num_features, tuple(p.hidden), p.out_features, rngs=rngs)
+    self.projector = MLP(self.encoder.num_features, tuple(p.hidden), p.out_features,
+                         norm=p.get("norm", "batch"), rngs=rngs)
 
 
 def get_method(config) -> Method:

@@ -31,6 +31,11 @@ class Method(NamedTuple):
   after_update(params, state, step) -> (state, metrics)   [optional]
       Runs after the optimizer step on the new params and the state the loss returned: EMA
       teachers (BYOL, MoCo, DINO) follow the student here. ``metrics`` maps names to scalars.
+  grad_cache_chunks   [optional, default 1]
+      How many micro-batches ``loss`` computes its gradient in by gradient caching
+      (sslx.train.grad_cache; ``config.optim.grad_cache_chunks``): the same value and gradient
+      as the full batch, one micro-batch's activations in memory. 1: the method does not cache;
+      the trainer refuses a config asking a method for chunks it does not do.
   """
 
   init: Callable[[jax.Array, Batch], Variables]
@@ -41,3 +46,4 @@ class Method(NamedTuple):
   # config.mesh.rules maps the names to mesh axes (FSDP, tensor parallelism).
   param_axes: Any = None
   after_update: Callable[[Any, dict, jax.Array], tuple[dict, dict]] | None = None
+  grad_cache_chunks: int = 1

@@ -19,7 +19,7 @@ from sslx.data import decode, pipeline, sources
 from sslx.evaluate import features as features_lib
 from sslx.evaluate import fewshot, knn, linear, report
 from sslx.evaluate import monitor as monitor_lib
-from sslx.train import optim
+from sslx.train import grad_cache, optim
 from sslx.train.checkpoint import Checkpointer, abstract_like, check_workdir_supported
 from sslx.train.metrics import MetricWriter
 from sslx.train.preemption import PreemptionWatch
@@ -58,6 +58,7 @@ def build_method(config):
   """The Method a run trains: the experiment's, with the online linear probe beside it when
   eval.online_probe (its classifier is part of the state, so restores need it too)."""
   method = get_method(config)
+  grad_cache.check_method(config, method)  # optim.grad_cache_chunks only where it is exact
   if config.eval.get("online_probe", False):  # logs train/online_probe_top1 (augmented views)
     from sslx.evaluate import online_probe
     method = online_probe.with_online_probe(method, config)
