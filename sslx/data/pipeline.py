@@ -41,7 +41,8 @@ batches are identical to ``worker_count=0``. Workers are started with the ``spaw
 main module must be importable (``if __name__ == "__main__":``), and grain reads its settings from
 absl flags: run the program under ``absl.app.run(main)`` (or call ``absl.flags.FLAGS(sys.argv)``
 once; in a notebook ``absl.flags.FLAGS.mark_as_parsed()``) before creating the iterator, else
-``train_iterator`` raises RuntimeError. The source must be picklable (tfds data sources are).
+``train_iterator`` / ``eval_iterator`` raise RuntimeError. The source must be picklable (tfds
+data sources are).
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class Subset:
 
   def __init__(self, source: Any, indices):
     self.source, self.indices = source, np.asarray(indices, np.int64)
+    # A subset of JPEGs decoded on read is decoded on read too (worker_count=-1 starts workers).
+    self.decodes_images = bool(getattr(source, "decodes_images", False))
 
   def __len__(self):
     return len(self.indices)
@@ -202,12 +205,8 @@ def train_iterator(source: Any, *, global_batch_size: int, seed: int,
                                                         process_count)
   if len(source) == 0:
     raise ValueError("train_iterator: the source is empty")
-  if worker_count == -1:
-    decodes = host_crops is not None or bool(getattr(source, "decodes_images", False))
-    worker_count = default_worker_count(decodes)
-  if worker_count < 0:
-    raise ValueError(f"worker_count must be >= 0 or -1 (one per core for decoded images), got"
-                     f" {worker_count}")
+  worker_count = _resolved_worker_count(
+      worker_count, host_crops is not None or bool(getattr(source, "decodes_images", False)))
   ds = (
     grain.MapDataset.range(len(source))
     .shuffle(seed=_shuffle_seed(seed))  # epoch e of the index space uses its own permutation
@@ -222,38 +221,59 @@ def train_iterator(source: Any, *, global_batch_size: int, seed: int,
   else:
     ds = ds.map_with_index(_CroppedTrainBatch(source, host_crops, seed, local, process_index,
                                               process_count))
-  it_ds = ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)
-  if worker_count > 0:
-    if not flags.FLAGS.is_parsed():
-      raise RuntimeError(
-        "train_iterator(worker_count > 0) starts grain worker processes, and grain reads its"
-        " settings from absl flags, which are not parsed yet: run the program under"
-        " absl.app.run(main), or call absl.flags.FLAGS(sys.argv) (in a notebook:"
-        " absl.flags.FLAGS.mark_as_parsed()) before creating the iterator.")
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return iter(it_ds)
+  return iter(_with_workers(ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS),
+                            worker_count, "train_iterator"))
+
+
+def _resolved_worker_count(worker_count: int, decodes_images: bool) -> int:
+  """``worker_count``, with -1 resolved by `default_worker_count`; anything below -1 refused."""
+  if worker_count == -1:
+    return default_worker_count(decodes_images)
+  if worker_count < 0:
+    raise ValueError(f"worker_count must be >= 0 or -1 (one per core for decoded images), got"
+                     f" {worker_count}")
+  return worker_count
+
+
+def _with_workers(it_ds: grain.IterDataset, worker_count: int, caller: str) -> grain.IterDataset:
+  """``it_ds`` prefetched by ``worker_count`` grain worker processes (none: unchanged); the
+  batches and their order are the same either way."""
+  if worker_count == 0:
+    return it_ds
+  if not flags.FLAGS.is_parsed():
+    raise RuntimeError(
+      f"{caller}(worker_count > 0) starts grain worker processes, and grain reads its"
+      " settings from absl flags, which are not parsed yet: run the program under"
+      " absl.app.run(main), or call absl.flags.FLAGS(sys.argv) (in a notebook:"
+      " absl.flags.FLAGS.mark_as_parsed()) before creating the iterator.")
+  return it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
 
 
 def eval_iterator(source: Any, *, global_batch_size: int, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None,
+                  process_count: Optional[int] = None, worker_count: int = 0,
                   read_options: Optional[grain.ReadOptions] = None) -> grain.DatasetIterator:
   """One pass over the whole split, in order, process-sliced like ``train_iterator``.
 
   Every process yields ceil(N / global_batch_size) batches (so all take the same number of
   steps); the positions past the end of the split are zero rows with ``"mask"`` False, so across
-  processes every example appears exactly once with mask True.
+  processes every example appears exactly once with mask True. ``worker_count`` as in
+  ``train_iterator``: ImageNet's evaluation decodes ~180k JPEGs, which one process's reader
+  threads cannot do as fast as an accelerator takes them.
   """
   process_index, process_count, local = _process_layout(global_batch_size, process_index,
                                                         process_count)
   size = len(source)
   if size == 0:
     raise ValueError("eval_iterator: the source is empty")
+  worker_count = _resolved_worker_count(worker_count,
+                                        bool(getattr(source, "decodes_images", False)))
   steps = -(-size // global_batch_size)
   image_shape = np.asarray(source[0]["image"]).shape
   ds = grain.MapDataset.range(steps * global_batch_size).batch(local, drop_remainder=True)
   # Slice before reading, so each process reads only its own rows.
   ds = ds[process_index::process_count].map(_EvalBatch(source, image_shape))
-  return iter(ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS))
+  return iter(_with_workers(ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS),
+                            worker_count, "eval_iterator"))
 
 
 def to_global_batch(local_batch: Mapping[str, np.ndarray],

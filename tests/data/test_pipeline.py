@@ -243,7 +243,9 @@ _WORKER_SCRIPT = textwrap.dedent("""
 
   def main(argv):
     # Imported here, not at the top: grain's spawned workers import this file too.
+    import gc
     import os
+    import time
     import jax.numpy as jnp
     import numpy as np
     from sslx.data import pipeline, sources
@@ -278,6 +280,25 @@ _WORKER_SCRIPT = textwrap.dedent("""
     ckpt.close()
     for iterator in (it, fresh, ref):
       iterator.close()
+
+    # One evaluation pass with workers, over a subset as eval.train_fraction makes: the same
+    # batches as without.
+    subset = pipeline.Subset(src, np.arange(0, len(src), 7))
+    shm_before = set(os.listdir("/dev/shm"))
+    with_workers = pipeline.eval_iterator(subset, global_batch_size=64, worker_count=2)
+    for step, (a, b) in enumerate(zip(pipeline.eval_iterator(subset, global_batch_size=64),
+                                      with_workers, strict=True)):
+      same(a, b, f"eval batch {step}")
+    with_workers.close()
+    # The iterator (in reference cycles) and the last batches hold their shared-memory blocks
+    # until they are collected (in extract_features: after it returns); grain then frees them on
+    # a thread, which the process must not exit before (the leak check below).
+    del a, b, with_workers
+    gc.collect()
+    deadline = time.monotonic() + 20
+    while {f for f in os.listdir("/dev/shm") if f.startswith("psm_")} - shm_before and (
+        time.monotonic() < deadline):
+      time.sleep(0.1)
     print("WORKERS-OK")
 
   if __name__ == "__main__":
