@@ -58,7 +58,7 @@ def train(name: str):
     config.eval.enabled = False
   workdir = tempfile.mkdtemp(prefix=f"sslx_equivariance_{name}_")
   try:
-    loop.train_and_evaluate(config, workdir)
+    loop.train(config, workdir)
     method = loop.build_method(config)
     mesh = sharding.make_mesh(config.mesh)
     state = loop.restore_onto_mesh(config, method, Checkpointer(workdir), mesh)

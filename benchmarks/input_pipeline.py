@@ -39,7 +39,7 @@ Augmentation rows time ``sslx.data.augment.augment_views`` with two SimCLR views
 ``block_until_ready``, compile and one warm-up call excluded: (a) the default run's settings
 (configs/simclr.py, batch 256, 28x28x1), (b) SimCLR's full ImageNet views
 (``DEFAULT_VIEW``: crop 224, flip, jitter 0.8, grayscale 0.2, blur 0.5; Chen et al. 2020,
-appendix A) on 224x224x3 uint8. The train row runs ``sslx.train.loop.train_and_evaluate`` on
+appendix A) on 224x224x3 uint8. The train row runs ``sslx.train.loop.train`` on
 configs/simclr.py (eval off) for a few steps and reads its own
 ``train/images_per_s`` (windows after the first, so compilation is excluded): the loader and the
 augmentation inside the step included, exactly as a real run. Images/s counts source images
@@ -327,7 +327,7 @@ def time_train(data_dir: str, steps: int) -> dict:
   config.data.data_dir = data_dir
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    loop.train_and_evaluate(config, workdir)
+    loop.train(config, workdir)
     total = time.perf_counter() - start
     records = read_metrics(workdir)
   rates = [r["train/images_per_s"] for r in records if "train/images_per_s" in r]

@@ -7,7 +7,7 @@ evaluated by kNN and linear probe beside a random encoder and raw pixels; Markdo
 
 Each method runs its own `configs/<name>.py` (the fashion_mnist preset: the same 3-stage ResNet of
 width 32, or for the masked and predictive methods the config's small ViT; batch 256) through
-`sslx.train.loop.train_and_evaluate`, with `--steps` optimizer steps (the cosine schedules end
+`sslx.run.train_and_evaluate`, with `--steps` optimizer steps (the cosine schedules end
 there) and the evaluation on the first `--eval_train` training / `--eval_test` test images:
 weighted cosine kNN (k=20, T=0.07, bank = the training images) and the offline linear probe,
 exactly as a run's own evaluation. Each row is written to `results/methods/<name>.json` as soon as
@@ -40,8 +40,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)  # configs/ and experiments/ live in the checkout
 
+from sslx import run  # noqa: E402
 from sslx.data import sources  # noqa: E402
 from sslx.evaluate import features as features_lib  # noqa: E402
+from sslx.evaluate import offline  # noqa: E402
 from sslx.train import loop  # noqa: E402
 from sslx.train.metrics import read_metrics  # noqa: E402
 
@@ -106,7 +108,7 @@ def measure_method(name: str) -> dict:
   workdir = tempfile.mkdtemp(prefix=f"sslx_table_{name}_")
   try:
     t0 = time.perf_counter()
-    results = loop.train_and_evaluate(config, workdir)
+    results = run.train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - t0
     records = read_metrics(workdir)
     pictures = keep_pictures(results["pictures"])
@@ -148,7 +150,7 @@ def measure_baselines() -> dict:
   info = sources.get_dataset_info(config.data.name)
   source_kwargs = dict(data_dir=config.data.data_dir or None, source_dir=None,
                        allow_download=config.data.allow_download)
-  train_source, test_source = loop.eval_sources(config, info, source_kwargs)
+  train_source, test_source = offline.eval_sources(config, info, source_kwargs)
   method = loop.get_method(config)
   import jax.numpy as jnp
   from sslx import sharding
@@ -162,7 +164,7 @@ def measure_baselines() -> dict:
           method.apply, random_vars, s, mesh=mesh, batch_size=bs),
       "raw pixels": features_lib.raw_pixel_features,
   }
-  return {name: loop.evaluate_features(config, info, f, train_source, test_source, name)
+  return {name: offline.evaluate_features(config, info, f, train_source, test_source, name)
           for name, f in featurizers.items()}
 
 

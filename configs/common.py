@@ -102,6 +102,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.baselines = ("random_encoder", "raw_pixels")
   c.eval.train_examples = 0  # 0: the whole split; smaller for quick runs
   c.eval.test_examples = 0
+  # kNN bank and probe fitted on a class-balanced, seeded (config.seed) fraction of the train
+  # split (of its first train_examples): each class keeps round(n_c * train_fraction) examples.
+  # In (0, 1]; 1: all of it. The test split stays whole. The imagenet presets take 10%.
+  c.eval.train_fraction = 1.0
   # A linear classifier on stop-gradient encoder features of the augmented training views,
   # trained beside the method (sslx.evaluate.online_probe), logged as train/online_probe_top1.
   c.eval.online_probe = False
@@ -217,6 +221,9 @@ def method_config(experiment: str, dataset: str) -> ml_collections.ConfigDict:
                      blur_prob=0.5, solarize_prob=0.0)
     c.eval.batch_size = 1024
     c.eval.baselines = ("random_encoder",)  # raw 224x224x3 pixels: 150k-d features
+    # ~128k of the 1.28M train images for kNN and the probe: feature extraction, the kNN bank
+    # and the L-BFGS probe all scale with it (README, "Evaluation at ImageNet scale").
+    c.eval.train_fraction = 0.1
   return c
 
 
@@ -256,6 +263,7 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
   c.eval.batch_size = 200
   c.eval.knn_k = 20
   c.eval.train_examples = 2000
+  c.eval.train_fraction = 1.0  # 10% of 2000 leaves ImageNet's 1000 classes mostly empty
   c.eval.test_examples = 400
   c.eval.every = 0  # the monitor and plots have their own tests
   c.eval.monitor_examples = 64

@@ -1,4 +1,5 @@
-"""Command-line entry point: python -m sslx.main --config configs/<file>.py --workdir DIR.
+"""Command-line entry point: python -m sslx.main --config configs/<file>.py --workdir DIR
+trains the config, then evaluates the encoder (`sslx.run.train_and_evaluate`).
 
 `--config configs/x.py:smoke` selects a variant; `--config.optim.lr=0.5` overrides a field (an
 unknown field is an error that names it).
@@ -15,9 +16,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from sslx.train import loop  # after flag parsing, so --help is fast
+  from sslx import run  # after flag parsing, so --help is fast
   logging.set_verbosity(logging.INFO)
-  loop.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  run.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ import pytest
 
 from configs import common
 from configs import simclr as simclr_config
-from sslx import runtime
-from sslx.train import loop
+from sslx import run, runtime
 
 
 def test_runtime_info_describes_the_fake_cpu_devices():
@@ -37,7 +36,7 @@ def test_a_run_requiring_an_accelerator_stops_before_anything_else(tmp_path):
   config = simclr_config.get_config("smoke")
   config.require_accelerator = True
   with pytest.raises(RuntimeError, match="require_accelerator"):
-    loop.train_and_evaluate(config, str(tmp_path / "run"))
+    run.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()  # not even the workdir was made
 
 

@@ -772,6 +772,18 @@ def get_dataset_info(name: str) -> DatasetInfo:
       f"Unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}") from None
 
 
+def source_kwargs(data_config) -> dict:
+  """`load_source`'s keyword arguments from a config's `data` fields."""
+  return {"data_dir": data_config.data_dir or None, "source_dir": data_config.source_dir or None,
+          "allow_download": data_config.allow_download}
+
+
+def _stores_encoded_images(info: DatasetInfo, data_dir: str) -> bool:
+  """Whether the prepared dataset holds its images as JPEG / PNG bytes (a tfds Image feature)."""
+  image_feature = tfds.builder(info.tfds_name, data_dir=data_dir).info.features["image"]
+  return isinstance(image_feature, tfds.features.Image)
+
+
 def load_source(name: str, split: str, *, data_dir: Optional[str | os.PathLike] = None,
                 source_dir: Optional[str | os.PathLike] = None, allow_download: bool = True,
                 encoded: bool = False):
@@ -818,3 +830,27 @@ def load_source(name: str, split: str, *, data_dir: Optional[str | os.PathLike] 
   if info.resize:
     source = ResizedSource(source, *info.image_shape[:2], crop_fraction=info.crop_fraction)
   return source
+
+
+# Records read per call by `split_labels` (tfds array_record sources read a batch in one call).
+LABEL_READ_CHUNK = 8192
+
+
+def split_labels(name: str, split: str, *, limit: int = 0,
+                 data_dir: Optional[str | os.PathLike] = None,
+                 source_dir: Optional[str | os.PathLike] = None,
+                 allow_download: bool = True) -> np.ndarray:
+  """The labels (int64) of a split's examples, in order; of its first ``limit`` when
+  ``0 < limit < len(split)``. The images are never decoded: datasets of JPEG / PNG bytes are read
+  encoded (ImageNet's 1.28M train labels cost one read of the records, no JPEG decoding), so a
+  class-balanced subsample can be drawn before any image is read (``eval.train_fraction``)."""
+  kwargs = {"data_dir": data_dir, "source_dir": source_dir, "allow_download": allow_download}
+  source = load_source(name, split, **kwargs)  # prepares the dataset first if it needs to be
+  if _stores_encoded_images(get_dataset_info(name), resolve_data_dir(data_dir)):
+    source = load_source(name, split, encoded=True, **kwargs)
+  n = min(limit, len(source)) if limit > 0 else len(source)
+  labels = np.empty((n,), np.int64)
+  for start in range(0, n, LABEL_READ_CHUNK):
+    stop = min(n, start + LABEL_READ_CHUNK)
+    labels[start:stop] = [e["label"] for e in read_examples(source, range(start, stop))]
+  return labels

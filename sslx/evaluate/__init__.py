@@ -10,7 +10,9 @@ from sslx.evaluate.report import format_table
 from sslx.evaluate.stats import mean_interval, over_seeds
 
 # Fine-tuning: sslx.evaluate.finetune.finetune (not re-exported here: the function would hide its
-# module, sslx.evaluate.finetune).
+# module, sslx.evaluate.finetune). The offline evaluation of a trained run,
+# sslx.evaluate.offline, is not imported here either: it imports sslx.train, whose loop imports
+# this package's monitor and online probe.
 __all__ = ["fewshot_probe", "format_table", "knn_accuracy", "knn_classify",
            "label_fraction_probes", "linear_probe", "mean_interval", "over_seeds",
            "with_online_probe"]

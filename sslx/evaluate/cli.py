@@ -6,8 +6,9 @@ chosen ``--protocols`` and writes ``DIR/results.json`` (or ``--output``) and, wi
 the run's pictures (`sslx.evaluate.plots`) into DIR:
 
 * ``knn``, ``linear``: weighted kNN and the offline linear probe on frozen features, the
-  run's own end-of-training evaluation (`sslx.train.loop.evaluate`), with the baselines of
-  ``--baselines`` (default: the run's ``eval.baselines``);
+  run's own end-of-training evaluation (`sslx.evaluate.offline.evaluate`, on the run's
+  ``eval.train_fraction`` of the train split), with the baselines of ``--baselines`` (default:
+  the run's ``eval.baselines``);
 * ``rankme``, ``lidar``, ``alpha_req``, ``alignment``, ``uniformity``, ``embedding_std``: the
   label-free metrics of `sslx.evaluate.monitor` on the run's monitor set.
 
@@ -128,6 +129,7 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
   from sslx import sharding
   from sslx.data import sources
   from sslx.evaluate import monitor as monitor_lib
+  from sslx.evaluate import offline
   from sslx.train import loop
   from sslx.train.checkpoint import Checkpointer
 
@@ -137,10 +139,10 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
     config.distributed.auto_detect = bool(distributed_auto_detect)
     sharding.initialize_distributed(config.distributed)
     mesh = sharding.make_mesh(config.mesh)
+    if any(p in KNN_PROTOCOLS + EXTRA_FEATURE_PROTOCOLS for p in protocols):
+      offline.check_config(config, mesh)  # before the restore: it can take minutes
     info = sources.get_dataset_info(config.data.name)
-    source_kwargs = {"data_dir": config.data.data_dir or None,
-                     "source_dir": config.data.source_dir or None,
-                     "allow_download": config.data.allow_download}
+    source_kwargs = sources.source_kwargs(config.data)
     method = loop.build_method(config)
     state = loop.restore_onto_mesh(config, method, checkpointer, mesh, step)
   finally:
@@ -157,7 +159,7 @@ def evaluate_checkpoint(workdir: str, *, step: int | None = None, protocols=DEFA
                                         if "label_fractions" in protocols else ())
     if baselines is not None:
       eval_config.eval.baselines = baselines
-    knn_results = loop.evaluate(eval_config, method, state, mesh, info, source_kwargs)
+    knn_results = offline.evaluate(eval_config, method, state, mesh, info, source_kwargs)
     for name, row in knn_results["rows"].items():
       if "knn" not in protocols:  # kNN always runs with the probe; reported only if asked
         row.pop("knn_top1")

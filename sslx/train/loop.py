@@ -1,11 +1,17 @@
 """The training loop: build the method, data and optimizer from a config, train with periodic
-checkpoints and metrics, resume from the workdir, and evaluate the frozen encoder at the end.
+checkpoints and metrics, and resume from the workdir.
+
+Training only: the offline evaluation of the trained encoder is `sslx.evaluate.offline`, run
+after `train` by `sslx.run.train_and_evaluate`. The loop uses the evaluation package's
+instruments that run while it trains (the label-free monitor, the online probe, the end-of-run
+plots); those never import the loop, so imports run one way (see `sslx.evaluate.offline`).
 """
 
 import importlib
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +22,6 @@ from jax.experimental import multihost_utils
 
 from sslx import paths, runtime, sharding
 from sslx.data import decode, pipeline, sources
-from sslx.evaluate import features as features_lib
-from sslx.evaluate import fewshot, knn, linear, report
 from sslx.evaluate import monitor as monitor_lib
 from sslx.train import grad_cache, optim
 from sslx.train.checkpoint import Checkpointer, abstract_like, check_workdir_supported
@@ -75,8 +79,16 @@ def _check_workdir(workdir: str) -> None:
     raise PermissionError(f"--workdir {workdir!r} is not writable")
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the results."""
+def train(config, workdir: str, *,
+          extra_checks: Callable[[jax.sharding.Mesh], None] | None = None) -> dict:
+  """Trains `config` in `workdir`, resuming if it holds checkpoints.
+
+  Returns {"state", "preempted", "pictures", "method", "mesh"}: the final train state, whether a
+  SIGTERM stopped the run early, the method's pictures, and the method and mesh it ran on (what
+  the evaluation reuses). `extra_checks(mesh)`: the caller's own checks of the config (sslx.run:
+  the evaluation's), run after the run's own and before any compute, so a bad evaluation setting
+  fails before hours of training rather than after.
+  """
   sharding.initialize_distributed(config.distributed)
   runtime.log_and_check_runtime(require_accelerator=config.require_accelerator)
   _check_workdir(workdir)
@@ -100,16 +112,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      f"{config.nonfinite_policy!r}")
   if config.eval.every < 0:
     raise ValueError(f"eval.every must be >= 0 (0: no monitor metrics), got {config.eval.every}")
-  if config.eval.enabled:
-    try:
-      sharding.check_batch_divisible(config.eval.batch_size, mesh)
-    except ValueError as e:
-      raise ValueError(f"eval.{e}") from None
+  if extra_checks is not None:
+    extra_checks(mesh)
   _check_same_run(config, workdir)
   info = sources.get_dataset_info(config.data.name)
-  source_kwargs = dict(data_dir=config.data.data_dir or None,
-                       source_dir=config.data.source_dir or None,
-                       allow_download=config.data.allow_download)
+  source_kwargs = sources.source_kwargs(config.data)
   if jax.process_index() == 0:  # prepares the dataset on first use: one writer only
     sources.load_source(config.data.name, info.train_split, **source_kwargs)
   if jax.process_count() > 1:
@@ -220,25 +227,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if preempted:
     logging.warning("preempted: checkpoint %d saved in %s; the same command resumes the run",
                     done, checkpointer.directory)
-    writer.close()
-    checkpointer.close()
-    return {"state": state, "preempted": True}
   pictures = []
-  if config.eval.plots:
+  if config.eval.plots and not preempted:
     from sslx.evaluate import plots  # matplotlib is imported only when plots are written
     plots.write_run_plots(workdir, monitor, state.variables)
     pictures = save_method_pictures(config, state.variables, monitor.monitor_set.images,
                                     workdir)
-
-  results = {}
-  if config.eval.enabled:
-    results = evaluate(config, method, state, mesh, info, source_kwargs)
-    if is_main:
-      (epath.Path(workdir) / "results.json").write_text(json.dumps(results, indent=2))
-      print(report.format_table(results["rows"]))
   writer.close()
   checkpointer.close()
-  return {"state": state, "pictures": pictures, **results}
+  return {"state": state, "preempted": preempted, "pictures": pictures, "method": method,
+          "mesh": mesh}
 
 
 PICTURE_IMAGES = 8  # monitor images drawn by a method's own pictures
@@ -345,106 +343,3 @@ def _stop_nonfinite(step, checkpointer, writer, progress):
   raise NonFiniteLossError(
       f"the loss or its gradient became NaN/inf {where}; training stopped and the update was "
       f"not applied; {kept}. Lower optim.lr, raise loss.temperature, or check the data.")
-
-
-def evaluate(config, method, state, mesh, info, source_kwargs) -> dict:
-  """kNN and linear-probe top-1 of the trained encoder, a random encoder and raw pixels."""
-  train_source, test_source = eval_sources(config, info, source_kwargs)
-  bs = config.eval.batch_size
-  candidates = {
-      "SSL encoder": lambda s: features_lib.extract_features(
-          method.apply, state.variables, s, mesh=mesh, batch_size=bs),
-  }
-  if "random_encoder" in config.eval.baselines:
-    random_vars = jax.jit(method.init, out_shardings=sharding.replicated(mesh))(
-        jax.random.PRNGKey(config.seed + 1),
-        {"image": jnp.zeros((bs, *info.image_shape), jnp.uint8),
-         "label": jnp.zeros((bs,), jnp.int32)})
-    candidates["random encoder"] = lambda s: features_lib.extract_features(
-        method.apply, random_vars, s, mesh=mesh, batch_size=bs)
-  if "raw_pixels" in config.eval.baselines:
-    candidates["raw pixels"] = features_lib.raw_pixel_features
-
-  rows = {name: evaluate_features(config, info, featurize, train_source, test_source, name,
-                                 mesh=mesh)
-          for name, featurize in candidates.items()}
-  return {"rows": rows, "protocol": describe_protocols(config),
-          "dataset": config.data.name, "steps": int(state.step)}
-
-
-def describe_protocols(config) -> dict[str, str]:
-  """The protocol behind each number of `evaluate`'s rows (knn_top1, linear_top1), so an
-  offline figure is never mistaken for an online one."""
-  def split(name, first):
-    return f"{name} split" + (f" (first {first})" if first else "")
-
-  train = split("train", config.eval.train_examples)
-  test = split("test", config.eval.test_examples)
-  extra = {}
-  if config.eval.online_probe:
-    extra["online_probe"] = ("online probe: linear classifier trained beside the method on "
-                             "stop-gradient encoder features of augmented training views "
-                             "(train/online_probe_top1 in metrics.jsonl; not an offline figure)")
-  if config.eval.label_fractions:
-    extra["linear@fraction"] = ("the offline linear probe fitted on a class-balanced, seeded "
-                                f"label fraction of the {train}, top-1 on the {test}")
-  if config.eval.fewshot:
-    extra["fewshot"] = (f"big_vision few-shot ridge regression to +-1 targets, "
-                        f"l2={fewshot.DEFAULT_L2_REG:g}, mean of {len(fewshot.DEFAULT_SEEDS)} "
-                        f"seeds, shots per class from the {train}, top-1 on the {test}")
-  return {
-      "knn": f"weighted kNN (InstDisc/DINO), cosine, k={config.eval.knn_k}, "
-             f"T={config.eval.knn_temperature}, frozen features, no augmentation, "
-             f"bank = {train}, queries = {test}",
-      "linear": "offline linear probe, multinomial logistic regression by L-BFGS on "
-                "standardised frozen features, no augmentation, weight decay chosen on a "
-                f"stratified 10% holdout of the {train}, refitted on all of it, top-1 on the "
-                f"{test}",
-      **extra,
-  }
-
-
-def eval_sources(config, info, source_kwargs):
-  """The (train, test) sources of the evaluation: the first eval.train_examples /
-  eval.test_examples of the dataset's splits (all of them when 0)."""
-  test_source = _first(sources.load_source(config.data.name, info.test_split, **source_kwargs),
-                       config.eval.test_examples)
-  train_source = _first(sources.load_source(config.data.name, info.train_split, **source_kwargs),
-                        config.eval.train_examples)
-  return train_source, test_source
-
-
-def evaluate_features(config, info, featurize, train_source, test_source, name="", *,
-                      mesh=None) -> dict:
-  """One row of the evaluation: kNN (and with eval.linear_probe, linear-probe; with
-  eval.label_fractions, probes on label fractions; with eval.fewshot, few-shot probes) top-1 of
-  the features `featurize(source) -> (features, labels)` gives, bank / probe fit on the train
-  source, scored on the test source. With `mesh` the kNN bank is sharded over its devices."""
-  t0 = time.perf_counter()
-  train_x, train_y = featurize(train_source)
-  test_x, test_y = featurize(test_source)
-  row = {"knn_top1": knn.knn_accuracy(
-      train_x, train_y, test_x, test_y, num_classes=info.num_classes,
-      k=config.eval.knn_k, temperature=config.eval.knn_temperature, mesh=mesh)}
-  if config.eval.linear_probe:
-    probe = linear.linear_probe(train_x, train_y, test_x, test_y,
-                                num_classes=info.num_classes, seed=config.seed)
-    row["linear_top1"] = probe["top1"]
-  if config.eval.label_fractions:
-    fractions = fewshot.label_fraction_probes(
-        train_x, train_y, test_x, test_y, num_classes=info.num_classes,
-        fractions=tuple(config.eval.label_fractions), seed=config.seed)
-    row.update({k: v for k, v in fractions.items() if k.startswith("linear_top1@")})
-  if config.eval.fewshot:
-    shots = fewshot.fewshot_probe(train_x, train_y, test_x, test_y,
-                                  num_classes=info.num_classes)
-    row.update({f"fewshot_top1@{s}shot": v for s, v in shots["top1"].items()})
-  row["feature_dim"] = int(train_x.shape[1])
-  row["seconds"] = round(time.perf_counter() - t0, 1)
-  logging.info("eval %s: %s", name, row)
-  return row
-
-
-def _first(source, n: int):
-  """The first n examples of `source` (all of them when n is 0 or too large)."""
-  return pipeline.Subset(source, np.arange(n)) if 0 < n < len(source) else source

@@ -9,10 +9,11 @@ import sys
 
 import jax
 import pytest
+from etils import epath
 
 from sslx import sharding
 from sslx.data import sources
-from sslx.evaluate import cli
+from sslx.evaluate import cli, offline
 from sslx.evaluate import features as features_lib
 from sslx.evaluate import monitor as monitor_lib
 from sslx.train import loop
@@ -48,12 +49,12 @@ def test_cli_results_equal_direct_evaluation_of_checkpoint(monitored_run, tmp_pa
   source_kwargs = {"data_dir": config.data.data_dir, "allow_download": False}
   method = loop.get_method(config)
   mesh = sharding.make_mesh(config.mesh)
-  train_source, test_source = loop.eval_sources(config, info, source_kwargs)
+  train_source, test_source = offline.eval_sources(config, info, source_kwargs)
   with_extras = config.copy_and_resolve_references()
   with with_extras.unlocked():
     with_extras.eval.fewshot = True
     with_extras.eval.label_fractions = (0.3, 0.6)
-  expected = loop.evaluate_features(
+  expected = offline.evaluate_features(
       with_extras, info, lambda s: features_lib.extract_features(
           method.apply, variables, s, mesh=mesh, batch_size=config.eval.batch_size),
       train_source, test_source)
@@ -72,7 +73,7 @@ def test_cli_results_equal_direct_evaluation_of_checkpoint(monitored_run, tmp_pa
   assert "kNN top-1" in result.stdout  # the table printed at the end
 
 
-def test_cli_flag_errors_name_the_flag(monitored_run, tmp_path):  # noqa: F811
+def test_cli_flag_errors_name_the_flag(monitored_run, tmp_path, monkeypatch):  # noqa: F811
   _, workdir, _ = monitored_run
   with pytest.raises(ValueError, match=r"--protocols: unknown \['knn2'\]"):
     cli.evaluate_checkpoint(workdir, protocols="knn2,rankme")
@@ -91,6 +92,16 @@ def test_cli_flag_errors_name_the_flag(monitored_run, tmp_path):  # noqa: F811
     cli.evaluate_checkpoint(workdir, step=-1)
   with pytest.raises(ValueError, match=r"--baselines: unknown \['pixels'\]"):
     cli.evaluate_checkpoint(workdir, baselines=["pixels"])
+  # A run's own eval settings are checked before its checkpoint is restored.
+  bad = tmp_path / "bad_fraction"
+  bad.mkdir()
+  saved = json.loads((epath.Path(workdir) / "config.json").read_text())
+  saved["eval"]["train_fraction"] = 2.0
+  (bad / "config.json").write_text(json.dumps(saved))
+  (bad / "checkpoints").symlink_to(os.path.join(workdir, "checkpoints"))
+  monkeypatch.setattr(loop, "restore_onto_mesh", None)  # called: TypeError
+  with pytest.raises(ValueError, match=r"eval.train_fraction must be a number in \(0, 1\]"):
+    cli.evaluate_checkpoint(str(bad), protocols="knn", plots=False)
   assert not os.path.exists(os.path.join(workdir, "results.json"))
 
 

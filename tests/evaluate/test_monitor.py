@@ -29,7 +29,7 @@ def train_monitored_run(data_dir, tmp_path_factory):
         "eval.every": EVERY, "eval.monitor_examples": MONITOR_EXAMPLES,
         "eval.monitor_views": MONITOR_VIEWS, "eval.plots": True, "eval.enabled": False,
         "eval.train_examples": 500, "eval.test_examples": 200, "eval.baselines": ()})
-    out = loop.train_and_evaluate(config, workdir)
+    out = loop.train(config, workdir)
     _RUNS[data_dir] = (config, workdir, out["state"])
   return _RUNS[data_dir]
 
@@ -116,4 +116,4 @@ def test_monitor_checks_its_settings(fashion_mnist_dir):
 def test_negative_eval_every_is_rejected(fashion_mnist_dir, tmp_path):
   config = smoke_config(fashion_mnist_dir, **{"eval.every": -1})
   with pytest.raises(ValueError, match="eval.every must be >= 0"):
-    loop.train_and_evaluate(config, os.fspath(tmp_path))
+    loop.train(config, os.fspath(tmp_path))

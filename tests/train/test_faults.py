@@ -103,7 +103,7 @@ def test_the_host_waits_for_a_step_before_dispatching_the_one_after_next(fashion
   monkeypatch.setattr(loop, "make_train_step", make_slow_train_step)
   config = smoke_config(fashion_mnist_dir, **{"total_steps": 8, "log_every": 8,
                                               "checkpoint_every": 8, "eval.enabled": False})
-  loop.train_and_evaluate(config, str(tmp_path))
+  loop.train(config, str(tmp_path))
   assert len(unfinished_at_dispatch) == 6 and not any(unfinished_at_dispatch)
 
 
@@ -157,7 +157,7 @@ def _truncate_largest_file(directory):
 def test_truncated_latest_checkpoint_is_named_and_fallback_resumes(fashion_mnist_dir,
                                                                    tmp_path):
   config = smoke_config(fashion_mnist_dir, **{"eval.enabled": False})  # checkpoints at 3 and 6
-  loop.train_and_evaluate(config, str(tmp_path))
+  loop.train(config, str(tmp_path))
   _, uninterrupted = restore_state(str(tmp_path))
   latest = tmp_path / "checkpoints" / "6"
   _truncate_largest_file(latest / "state" / "d")  # the arrays (orbax's merged OCDBT data)
@@ -166,12 +166,12 @@ def test_truncated_latest_checkpoint_is_named_and_fallback_resumes(fashion_mnist
   with pytest.raises(UnreadableCheckpointError,
                      match=rf"{latest} \(step 6\) cannot be restored.*checkpoint_fallback=True "
                            r"to resume from step 3"):
-    loop.train_and_evaluate(config, str(tmp_path))
+    loop.train(config, str(tmp_path))
   assert latest.is_dir()  # nothing was moved or deleted without the option
 
   with config.unlocked():
     config.checkpoint_fallback = True
-  out = loop.train_and_evaluate(config, str(tmp_path))  # from step 3 back to step 6
+  out = loop.train(config, str(tmp_path))  # from step 3 back to step 6
   assert int(out["state"].step) == 6
   assert (tmp_path / "checkpoints_unreadable" / "6").is_dir()  # kept for inspection
   step, resumed = restore_state(str(tmp_path))
@@ -183,7 +183,7 @@ def test_truncated_latest_checkpoint_is_named_and_fallback_resumes(fashion_mnist
   for step in ("3", "6"):
     _truncate_largest_file(tmp_path / "checkpoints" / step / "state" / "d")
   with pytest.raises(UnreadableCheckpointError, match=r"none of the checkpoints \[6, 3\]"):
-    loop.train_and_evaluate(config, str(tmp_path))
+    loop.train(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
 
 
@@ -212,7 +212,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(fashion_mnist_d
       "experiment": "nan_at_4", "checkpoint_every": 1, "log_every": 2, "total_steps": 10,
       "eval.enabled": False})
   with pytest.raises(loop.NonFiniteLossError, match=r"NaN/inf at step 4\b") as info:
-    loop.train_and_evaluate(config, str(tmp_path))
+    loop.train(config, str(tmp_path))
   assert "last good checkpoint (step 3)" in str(info.value)
   step, state = restore_state(str(tmp_path))
   assert step == 3
@@ -224,7 +224,7 @@ def test_nonfinite_policy_skip_counts_and_continues(fashion_mnist_dir, tmp_path,
   config = smoke_config(fashion_mnist_dir, **{
       "experiment": "nan_at_4_5", "checkpoint_every": 1, "max_checkpoints": 10,
       "log_every": 1, "total_steps": 7, "eval.enabled": False, "nonfinite_policy": "skip"})
-  out = loop.train_and_evaluate(config, str(tmp_path))
+  out = loop.train(config, str(tmp_path))
   assert int(out["state"].step) == 7 and int(out["state"].nonfinite_steps) == 2
   records = read_metrics(str(tmp_path))
   assert [r["train/nonfinite"] for r in records] == [0, 0, 0, 1, 1, 0, 0]
@@ -241,7 +241,7 @@ def test_nonfinite_policy_skip_counts_and_continues(fashion_mnist_dir, tmp_path,
 def test_same_seed_and_config_twice_are_bit_identical(fashion_mnist_dir, tmp_path):
   config = smoke_config(fashion_mnist_dir, **{"eval.enabled": False})
   for name in ("a", "b"):
-    loop.train_and_evaluate(config, str(tmp_path / name))
+    loop.train(config, str(tmp_path / name))
   losses = [_losses(tmp_path / name) for name in ("a", "b")]
   assert len(losses[0]) == config.total_steps
   np.testing.assert_array_equal(losses[0], losses[1])

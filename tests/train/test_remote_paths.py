@@ -20,6 +20,7 @@ import pytest
 from etils import epath
 
 from sslx.evaluate import cli
+from sslx.run import train_and_evaluate
 from sslx.train import loop
 from sslx.train.metrics import read_metrics
 from tests.train.helpers import REPO, smoke_config
@@ -135,15 +136,15 @@ def test_run_resume_and_evaluation_write_only_through_epath(fashion_mnist_dir, b
   # One device: the paths do not depend on the mesh, and compiling for 8 costs CI time.
   one_device = {"mesh.num_devices": 1}
   first = smoke_config(fashion_mnist_dir, **one_device, **{"eval.enabled": False})  # saves 3, 6
-  uninterrupted = jax.tree.map(np.asarray, loop.train_and_evaluate(first, workdir)["state"])
+  uninterrupted = jax.tree.map(np.asarray, loop.train(first, workdir)["state"])
   assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3", "6"]
 
   (run / "checkpoints" / "6").rmtree()  # as if the run had stopped after step 3
-  # Evaluation settings may change on resume: this time the loop evaluates (kNN only).
+  # Evaluation settings may change on resume: this time the run evaluates (kNN only).
   resumed = smoke_config(fashion_mnist_dir, **one_device, **{
       "eval.baselines": (), "eval.linear_probe": False, "eval.train_examples": 400,
       "eval.test_examples": 200})
-  out = loop.train_and_evaluate(resumed, workdir)
+  out = train_and_evaluate(resumed, workdir)
   for x, y in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(out["state"]), strict=True):
     np.testing.assert_array_equal(x, np.asarray(y))  # continued from step 3's checkpoint
 
@@ -194,15 +195,15 @@ def test_url_without_its_filesystem_is_refused_before_any_compute(tmp_path, monk
   monkeypatch.setattr(loop.sharding, "make_mesh", no_mesh)
   config = smoke_config(str(tmp_path / "tfds"))  # never read: every call fails before
   with pytest.raises(ValueError, match=r"--workdir='gs://bucket/run': gs:// paths need gcsfs"):
-    loop.train_and_evaluate(config, "gs://bucket/run")
+    train_and_evaluate(config, "gs://bucket/run")
   with pytest.raises(ValueError, match=r"--workdir='nosuch://x/run': no filesystem handles "
                                        r"nosuch:// paths; use a local path or one of gs://"):
-    loop.train_and_evaluate(config, "nosuch://x/run")
+    train_and_evaluate(config, "nosuch://x/run")
   with pytest.raises(ValueError, match=r"--workdir='s3://bucket/run': orbax cannot write "
                                        r"checkpoints to s3:// paths"):
-    loop.train_and_evaluate(config, "s3://bucket/run")
+    train_and_evaluate(config, "s3://bucket/run")
   with pytest.raises(ValueError, match=r"config.data.data_dir='gs://bucket/tfds': .*gcsfs"):
-    loop.train_and_evaluate(smoke_config("gs://bucket/tfds"), str(tmp_path / "run"))
+    train_and_evaluate(smoke_config("gs://bucket/tfds"), str(tmp_path / "run"))
   with pytest.raises(cli.FlagError, match=r"--workdir='gs://bucket/run': .*gcsfs"):
     cli.evaluate_checkpoint("gs://bucket/run")
   assert sorted(os.listdir(tmp_path)) == ["run"]  # no local "gs:", "s3:" or "nosuch:" directory

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from sslx import run
 from sslx.train import loop
 from sslx.train.metrics import read_metrics
 from tests.train.helpers import REPO, main_command, smoke_config, subprocess_env
@@ -42,7 +43,7 @@ def _read_tensorboard_scalars(tb_dir, tag):
 
 def test_smoke_run_trains_checkpoints_logs_and_evaluates(fashion_mnist_dir, tmp_path):
   config = smoke_config(fashion_mnist_dir)
-  out = loop.train_and_evaluate(config, str(tmp_path))
+  out = run.train_and_evaluate(config, str(tmp_path))
 
   records = read_metrics(str(tmp_path))
   assert [r["step"] for r in records] == list(range(1, config.total_steps + 1))
@@ -71,7 +72,7 @@ def test_same_losses_on_one_and_eight_devices(fashion_mnist_dir, tmp_path):
   for n in (1, 8):
     config = smoke_config(fashion_mnist_dir, **{"mesh.num_devices": n, "eval.enabled": False,
                                                 "total_steps": 4})
-    loop.train_and_evaluate(config, str(tmp_path / str(n)))
+    loop.train(config, str(tmp_path / str(n)))
     losses[n] = _losses(tmp_path / str(n))
   assert len(losses[1]) == 4
   np.testing.assert_allclose(losses[8], losses[1], rtol=2e-5)
@@ -84,15 +85,15 @@ def test_ema_teacher_method_on_eight_devices_and_exact_resume(fashion_mnist_dir,
   # LARS lr 1 (the fashion_mnist preset's 8 is tuned for 200 steps): at 8 the float
   # reassociation of the 8-device reductions grows to ~5e-5 of the loss within 6 steps.
   settings = {"eval.enabled": False, "total_steps": 6, "checkpoint_every": 3, "optim.lr": 1.0}
-  straight = loop.train_and_evaluate(
+  straight = loop.train(
       smoke_config(fashion_mnist_dir, "byol", **settings, **{"mesh.num_devices": 1}),
       str(tmp_path / "one"))["state"]
   resumed_dir = tmp_path / "eight"
   config = smoke_config(fashion_mnist_dir, "byol", **settings)
-  uninterrupted = jax.tree.map(np.asarray, loop.train_and_evaluate(config, str(resumed_dir))["state"])
+  uninterrupted = jax.tree.map(np.asarray, loop.train(config, str(resumed_dir))["state"])
   import shutil
   shutil.rmtree(resumed_dir / "checkpoints" / "6")  # as if the run had stopped after step 3
-  resumed = loop.train_and_evaluate(config, str(resumed_dir))["state"]
+  resumed = loop.train(config, str(resumed_dir))["state"]
   teacher, student = straight.model_state["teacher"]["params"], straight.params
   assert not np.allclose(jax.tree.leaves(teacher)[0], jax.tree.leaves(student["encoder"])[0])
   np.testing.assert_allclose(_losses(resumed_dir)[-6:], _losses(tmp_path / "one"), rtol=2e-5)
@@ -110,7 +111,7 @@ def test_vit_backbone_sharded_by_fsdp_rules_matches_replicated(fashion_mnist_dir
     config = smoke_config(fashion_mnist_dir, **{
         "model.name": "vit", "mesh.axes": ("data", "fsdp"), "mesh.shape": (2, 4),
         "mesh.rules": rules, "eval.enabled": False, "total_steps": 3})
-    runs[rules] = loop.train_and_evaluate(config, str(tmp_path / rules))["state"]
+    runs[rules] = loop.train(config, str(tmp_path / rules))["state"]
     np.testing.assert_allclose(_losses(tmp_path / rules), _losses(tmp_path / "replicated"),
                                rtol=1e-5)
   vit_params = runs["fsdp"].params["encoder"]["net"]
@@ -147,13 +148,15 @@ def test_vit_backbone_sharded_by_fsdp_rules_matches_replicated(fashion_mnist_dir
     ({"optim.warmup_steps": 6}, r"optim.warmup_steps must be in \[0, total_steps\), got 6"),
     ({"optim.momentum": 1.0}, r"optim.momentum must be in \[0, 1\)"),
     ({"nonfinite_policy": "ignore"}, "nonfinite_policy must be one of"),
+    ({"eval.train_fraction": 0.0}, r"eval.train_fraction must be a number in \(0, 1\]"),
+    ({"eval.train_fraction": 1.5}, r"eval.train_fraction must be a number in \(0, 1\]"),
     ({"model.name": "vit", "model.vit.scan": True}, "optim.name='lars' needs model.vit.scan=False"),
     ({"model.dtype": "float16"}, "model.dtype must be one of"),
 ])
 def test_bad_config_values_fail_before_training(fashion_mnist_dir, tmp_path, overrides, match):
   config = smoke_config(fashion_mnist_dir, **overrides)
   with pytest.raises(ValueError, match=match):
-    loop.train_and_evaluate(config, str(tmp_path))
+    run.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
 
 
@@ -161,7 +164,7 @@ def test_unwritable_workdir_is_reported(fashion_mnist_dir, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises((PermissionError, FileExistsError, NotADirectoryError), match="file"):
-    loop.train_and_evaluate(smoke_config(fashion_mnist_dir), str(blocker / "run"))
+    loop.train(smoke_config(fashion_mnist_dir), str(blocker / "run"))
   # URL workdirs: test_remote_paths.py.
 
 
@@ -174,16 +177,16 @@ def test_unknown_config_key_is_named_on_the_command_line(fashion_mnist_dir, tmp_
 
 
 def test_resuming_with_changed_settings_is_refused(fashion_mnist_dir, tmp_path):
-  loop.train_and_evaluate(smoke_config(fashion_mnist_dir, **{"total_steps": 3,
-                                                             "eval.enabled": False}), str(tmp_path))
+  loop.train(smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False}),
+             str(tmp_path))
   changed = smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False,
                                                "optim.lr": 0.5})
   with pytest.raises(ValueError, match=r"optim.lr: 1.0 -> 0.5"):
-    loop.train_and_evaluate(changed, str(tmp_path))
+    loop.train(changed, str(tmp_path))
   # Settings that do not change the trajectory (logging, evaluation) may change on resume.
   same = smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False,
                                             "log_every": 3})
-  assert int(loop.train_and_evaluate(same, str(tmp_path))["state"].step) == 3
+  assert int(loop.train(same, str(tmp_path))["state"].step) == 3
 
 
 def test_online_probe_run_restores_onto_a_mesh_for_evaluation(fashion_mnist_dir, tmp_path):
@@ -193,7 +196,7 @@ def test_online_probe_run_restores_onto_a_mesh_for_evaluation(fashion_mnist_dir,
   from sslx.train.checkpoint import Checkpointer
   config = smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False,
                                               "eval.online_probe": True})
-  out = loop.train_and_evaluate(config, str(tmp_path))
+  out = loop.train(config, str(tmp_path))
   checkpointer = Checkpointer(str(tmp_path))
   restored = loop.restore_onto_mesh(config, loop.build_method(config), checkpointer,
                                     sharding.make_mesh(config.mesh))
