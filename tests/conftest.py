@@ -1,12 +1,25 @@
 """Eight fake CPU devices for every test, so mesh and sharding code runs as on a pod slice."""
 
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the whole test run: the controller makes it before the
+# pytest-xdist workers start, and they and every subprocess they launch (the multi-process and
+# fault tests' training runs) inherit the variable. Many tests compile the same step (the
+# Fashion-MNIST smoke config in training, fault, notebook and CLI tests; a straight run and its
+# restart): after the first, XLA's executable is read back instead of compiled again. A fresh
+# directory per run, so a run never reads a cache another version of the code wrote; removed
+# when the run ends.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sslx-test-jax-cache-")
+  os.environ["SSLX_TEST_CACHE_OWNER"] = str(os.getpid())
 
 import pytest  # noqa: E402
 
@@ -20,3 +33,10 @@ def fashion_mnist_dir(tmp_path_factory):
   info = sources.get_dataset_info("fashion_mnist")
   sources.load_source("fashion_mnist", info.train_split, data_dir=data_dir, allow_download=False)
   return data_dir
+
+
+def pytest_unconfigure(config):
+  """The process that made the run's compilation cache removes it."""
+  del config
+  if os.environ.get("SSLX_TEST_CACHE_OWNER") == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
