@@ -11,7 +11,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats  # a dependency of jax
 
 
 def mean_interval(values: Sequence[float], *, confidence: float = 0.95) -> dict:
@@ -34,6 +33,9 @@ def mean_interval(values: Sequence[float], *, confidence: float = 0.95) -> dict:
     std = half = math.nan
   else:
     std = float(x.std(ddof=1))
+    # Imported here: scipy.stats (a dependency of jax) takes ~2 s to import, and every training
+    # process imports this package for its monitor.
+    from scipy import stats as scipy_stats
     half = float(scipy_stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * std / math.sqrt(n)
   return {"mean": mean, "std": std, "low": mean - half, "high": mean + half, "half_width": half,
           "n": n, "confidence": float(confidence)}
