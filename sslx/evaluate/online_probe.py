@@ -95,5 +95,4 @@ def with_online_probe(method: Method, config, *, learning_rate: float = 1e-3) ->
       inner_state, metrics = method.after_update(params, _without_probe(state), step)
       return {**inner_state, STATE_KEY: state[STATE_KEY]}, metrics
 
-  return Method(init=init, apply=apply, loss=loss, param_axes=method.param_axes,
-                after_update=after_update)
+  return method._replace(init=init, apply=apply, loss=loss, after_update=after_update)

@@ -19,9 +19,11 @@ unchanged.
 
 Exact only when one example's embedding does not depend on the rest of the batch: no BatchNorm in
 the embedding network (a micro-batch would normalise with other statistics), which
-`check_no_batch_norm` refuses. Plain gradient accumulation (a loss per micro-batch) is not offered:
-for contrastive losses it changes the objective (each example sees only its micro-batch's
-negatives), and BatchNorm would see other batch statistics.
+`check_no_batch_norm` refuses. Drop path draws its masks per micro-batch (`fold_in(rng, c)`): with
+a `drop_path_rate` above 0 the step is equal to the full batch's in distribution, not in value.
+Plain gradient accumulation (a loss per micro-batch) is not offered: for contrastive losses it
+changes the objective (each example sees only its micro-batch's negatives), and BatchNorm would
+see other batch statistics.
 
 Config: ``optim.grad_cache_chunks`` (1: off), the number of micro-batches; ``batch_size`` must
 divide by it. Supported by the two-view contrastive methods (experiments/_contrastive.py: SimCLR,

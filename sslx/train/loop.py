@@ -262,6 +262,9 @@ def save_method_pictures(config, variables, monitor_images, workdir: str) -> lis
 # Fields that define the trajectory of a run: a resumed run must not change them.
 _RUN_DEFINING = ("experiment", "seed", "batch_size", "total_steps", "data.name", "model",
                  "projector", "augment", "loss", "optim", "eval.online_probe")
+# Settings under those that trade memory for compute without changing what is computed (up to
+# float reassociation): a run that ran out of memory may resume with more of them.
+_MEMORY_ONLY = ("model.remat", "optim.grad_cache_chunks")
 
 
 def state_initializer(config, method, tx, mesh, rules, info):
@@ -313,8 +316,15 @@ def _check_same_run(config, workdir: str) -> None:
     return
   saved = _flatten(json.loads(path.read_text()))
   current = _flatten(json.loads(config.to_json_best_effort()))
-  changed = sorted(k for k in set(saved) | set(current)
-                   if k.startswith(_RUN_DEFINING) and saved.get(k) != current.get(k))
+  # A field the saved config lacks was added to sslx after that run started; the run trained as
+  # if it held the field's default, so an upgrade does not strand a long run (logged, not refused).
+  added = sorted(k for k in set(current) - set(saved) if k.startswith(_RUN_DEFINING))
+  if added:
+    logging.warning("resuming %s, whose config.json predates %s: taking this config's values %s",
+                    workdir, ", ".join(added), [current[k] for k in added])
+  changed = sorted(k for k in saved
+                   if k.startswith(_RUN_DEFINING) and not k.startswith(_MEMORY_ONLY)
+                   and saved[k] != current.get(k))
   if changed:
     diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
     raise ValueError(f"--workdir {workdir!r} holds a run with other settings ({diffs}); resuming "

@@ -66,22 +66,10 @@ def test_smoke_run_trains_checkpoints_logs_and_evaluates(fashion_mnist_dir, tmp_
   assert results["rows"]["SSL encoder"]["feature_dim"] == 16
 
 
-def test_same_losses_on_one_and_eight_devices(fashion_mnist_dir, tmp_path):
-  assert jax.device_count() == 8
-  losses = {}
-  for n in (1, 8):
-    config = smoke_config(fashion_mnist_dir, **{"mesh.num_devices": n, "eval.enabled": False,
-                                                "total_steps": 4})
-    loop.train(config, str(tmp_path / str(n)))
-    losses[n] = _losses(tmp_path / str(n))
-  assert len(losses[1]) == 4
-  np.testing.assert_allclose(losses[8], losses[1], rtol=2e-5)
-  assert len(set(losses[1])) > 1  # the runs really trained
-
-
 def test_ema_teacher_method_on_eight_devices_and_exact_resume(fashion_mnist_dir, tmp_path):
   """BYOL through the loop: the teacher (Method.after_update) is checkpointed with the state, a
-  run resumed from step 3 ends bit-equal to the straight run, and 8 devices equal 1."""
+  run resumed from step 3 ends bit-equal to the straight run, and 8 devices equal 1 (the loop's
+  1-vs-8-device check for a ResNet with BatchNorm; SimCLR's was a separate, slower test)."""
   # LARS lr 1 (the fashion_mnist preset's 8 is tuned for 200 steps): at 8 the float
   # reassociation of the 8-device reductions grows to ~5e-5 of the loss within 6 steps.
   settings = {"eval.enabled": False, "total_steps": 6, "checkpoint_every": 3, "optim.lr": 1.0}
@@ -187,6 +175,14 @@ def test_resuming_with_changed_settings_is_refused(fashion_mnist_dir, tmp_path):
   same = smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False,
                                             "log_every": 3})
   assert int(loop.train(same, str(tmp_path))["state"].step) == 3
+  # A run saved before a field existed resumes (sslx upgraded mid-run); settings that only trade
+  # memory for compute (remat, gradient-cache micro-batches) may change.
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["optim"]["grad_cache_chunks"], saved["projector"]["norm"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  remat = smoke_config(fashion_mnist_dir, **{"total_steps": 3, "eval.enabled": False,
+                                             "model.remat": "block"})
+  assert int(loop.train(remat, str(tmp_path))["state"].step) == 3
 
 
 def test_online_probe_run_restores_onto_a_mesh_for_evaluation(fashion_mnist_dir, tmp_path):
