@@ -148,9 +148,7 @@ def measure_baselines() -> dict:
   """The random encoder of the shared backbone (SimCLR's, randomly initialised) and raw pixels."""
   config = table_config("simclr")
   info = sources.get_dataset_info(config.data.name)
-  source_kwargs = dict(data_dir=config.data.data_dir or None, source_dir=None,
-                       allow_download=config.data.allow_download)
-  train_source, test_source = offline.eval_sources(config, info, source_kwargs)
+  train_source, test_source = offline.eval_sources(config, info, sources.source_kwargs(config.data))
   method = loop.get_method(config)
   import jax.numpy as jnp
   from sslx import sharding
