@@ -74,11 +74,12 @@ def all_methods() -> list[str]:
 
 
 def _trains_on_images(name: str) -> bool:
-  """Whether configs/<name>.py's default preset trains on an image dataset (tabular methods
-  have their own table, benchmarks/tabular_table.py)."""
+  """Whether configs/<name>.py's default preset trains a self-supervised encoder on an image
+  dataset (tabular methods have their own table, benchmarks/tabular_table.py; semi-supervised
+  classifiers theirs, benchmarks/semisup_table.py)."""
   import importlib
   config = importlib.import_module(f"configs.{name}").get_config()
-  return config.data.name in sources.DATASETS
+  return config.data.name in sources.DATASETS and not loop.is_semi_supervised(config)
 
 
 def table_config(name: str):

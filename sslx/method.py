@@ -6,7 +6,9 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-Batch = dict[str, jax.Array]  # {"image": uint8 [B, H, W, C], "label": int32 [B]}
+# {"image": uint8 [B, H, W, C], "label": int32 [B]}; semi-supervised batches add
+# "unlabelled_image" uint8 [uratio*B, H, W, C] and "unlabelled_index" int32 [uratio*B].
+Batch = dict[str, jax.Array]
 Variables = dict[str, Any]  # {"params": trainable pytree, **non-trainable state}
 Aux = dict[str, Any]  # {"metrics": {name: scalar}, "state": new non-trainable state}
 
@@ -36,6 +38,10 @@ class Method(NamedTuple):
       (sslx.train.grad_cache; ``config.optim.grad_cache_chunks``): the same value and gradient
       as the full batch, one micro-batch's activations in memory. 1: the method does not cache;
       the trainer refuses a config asking a method for chunks it does not do.
+  predict(variables, images) -> logits   [optional]
+      A classifier's class logits [B, num_classes] for float images in [0, 1], as `apply`
+      takes them: the semi-supervised methods' EMA model (experiments/_semisup.py). Where it
+      exists, the offline evaluation adds the classifier's own top-1 on the test split.
   """
 
   init: Callable[[jax.Array, Batch], Variables]
@@ -47,3 +53,4 @@ class Method(NamedTuple):
   param_axes: Any = None
   after_update: Callable[[Any, dict, jax.Array], tuple[dict, dict]] | None = None
   grad_cache_chunks: int = 1
+  predict: Callable[[Variables, jax.Array], jax.Array] | None = None

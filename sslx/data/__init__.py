@@ -7,9 +7,15 @@ yielding this process's rows of each global batch (``train_iterator``, ``eval_it
 ``to_global_batch``, which makes global jax arrays.
 
 On-device pieces live in their submodules, imported by name (``from sslx.data import augment``):
-``augment`` (named augmentation ops and pipelines), ``views`` (multi-crop), ``masks`` (MAE,
+``augment`` (named augmentation ops and pipelines), ``randaugment`` (FixMatch's weak and strong
+augmentation: ``translate``, ``randaugment``, ``cutout``), ``views`` (multi-crop), ``masks`` (MAE,
 BEiT / iBOT and I-JEPA mask generators).
 """
+
+# Registers randaugment's ops in augment's registry: importing any submodule runs this first, so
+# a spec naming them always parses (augment itself cannot import randaugment, which subclasses
+# its AugmentOp: that would be an import cycle).
+from sslx.data import randaugment  # noqa: F401
 
 from sslx.data.pipeline import (
   DEFAULT_READ_OPTIONS,

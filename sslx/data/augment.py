@@ -1142,3 +1142,4 @@ def augment_views(key, images, configs, *, return_params: bool = False):
     raise ValueError("configs: expected at least one view config, got an empty sequence")
   return [augment_batch(jax.random.fold_in(key, i), images, c, return_params=return_params)
           for i, c in enumerate(configs)]
+

@@ -55,8 +55,8 @@ import jax
 import numpy as np
 from absl import flags
 
-__all__ = ["DEFAULT_READ_OPTIONS", "default_worker_count", "eval_iterator", "to_global_batch",
-           "train_iterator"]
+__all__ = ["DEFAULT_READ_OPTIONS", "default_worker_count", "eval_iterator",
+           "semi_supervised_iterator", "to_global_batch", "train_iterator"]
 
 # Elements of the grain IterDataset are whole local batches, so the prefetch buffer counts
 # batches (grain's default of 500 is meant for single records). Threads decode different batches
@@ -223,6 +223,77 @@ def train_iterator(source: Any, *, global_batch_size: int, seed: int,
                                               process_count))
   return iter(_with_workers(ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS),
                             worker_count, "train_iterator"))
+
+
+class _SemiSupervisedBatch:
+  """(j, labelled positions [L]) -> this process's j-th block of a semi-supervised batch: the
+  labelled examples at those positions of ``labelled`` and the unlabelled block j of
+  ``unlabelled_blocks`` (positions into ``unlabelled``), read together."""
+
+  def __init__(self, source: Any, labelled: np.ndarray, unlabelled: np.ndarray,
+               unlabelled_blocks: grain.MapDataset):
+    self._source, self._labelled, self._unlabelled = source, labelled, unlabelled
+    self._unlabelled_blocks = unlabelled_blocks
+
+  def __call__(self, j, positions) -> dict[str, np.ndarray]:
+    labelled = read_examples(self._source, self._labelled[positions])
+    unlabelled_positions = np.asarray(self._unlabelled_blocks[j], np.int64)
+    unlabelled = read_examples(self._source, self._unlabelled[unlabelled_positions])
+    return {
+      "image": np.stack([np.asarray(e["image"], dtype=np.uint8) for e in labelled]),
+      "label": np.asarray([e["label"] for e in labelled], dtype=np.int32),
+      "mask": np.ones((len(labelled),), dtype=bool),
+      "unlabelled_image": np.stack([np.asarray(e["image"], dtype=np.uint8) for e in unlabelled]),
+      # The position in the unlabelled set: the row of per-example state (FlexMatch's).
+      "unlabelled_index": unlabelled_positions.astype(np.int32),
+    }
+
+
+def semi_supervised_iterator(source: Any, *, labelled, unlabelled, global_batch_size: int,
+                             uratio: int, seed: int, process_index: Optional[int] = None,
+                             process_count: Optional[int] = None, worker_count: int = 0,
+                             read_options: Optional[grain.ReadOptions] = None
+                             ) -> grain.DatasetIterator:
+  """An infinite iterator over this process's rows of each semi-supervised global batch.
+
+  ``labelled`` / ``unlabelled``: indices into ``source`` of the labelled set and of the
+  unlabelled set (USB's: every training image, or the others). Each step yields
+  ``{"image": uint8 [L, H, W, C], "label": int32 [L], "mask": [L] all True,
+  "unlabelled_image": uint8 [uratio*L, H, W, C], "unlabelled_index": int32 [uratio*L]}``
+  (L = global_batch_size // process_count; ``unlabelled_index`` is the position in
+  ``unlabelled``). Each part is its own stream, laid out as `train_iterator`'s (global batch s
+  is positions [s*B, (s+1)*B) of its epoch-shuffled, repeated index space, process p reading
+  only its own block), with its own seed, so the small labelled set cycles through many epochs
+  while the unlabelled one is seen once. One grain iterator holds both: ``get_state`` /
+  ``set_state`` (and the checkpoint) resume both exactly.
+  """
+  process_index, process_count, local = _process_layout(global_batch_size, process_index,
+                                                        process_count)
+  if isinstance(uratio, bool) or not isinstance(uratio, (int, np.integer)) or uratio < 1:
+    raise ValueError(f"uratio: expected an integer >= 1 (unlabelled images per labelled one), "
+                     f"got {uratio!r}")
+  labelled = np.asarray(labelled, np.int64)
+  unlabelled = np.asarray(unlabelled, np.int64)
+  for name, indices in (("labelled", labelled), ("unlabelled", unlabelled)):
+    if indices.ndim != 1 or indices.size == 0:
+      raise ValueError(f"{name}: expected a non-empty 1-D array of source indices, got shape "
+                       f"{indices.shape}")
+    if indices.min() < 0 or indices.max() >= len(source):
+      raise ValueError(f"{name}: indices must lie in [0, {len(source)}), got "
+                       f"[{indices.min()}, {indices.max()}]")
+  worker_count = _resolved_worker_count(worker_count,
+                                        bool(getattr(source, "decodes_images", False)))
+
+  def blocks(n: int, block: int, stream_seed: int) -> grain.MapDataset:
+    return (grain.MapDataset.range(n).shuffle(seed=_shuffle_seed(stream_seed)).repeat()
+            .batch(block, drop_remainder=True)[process_index::process_count])
+
+  # Seeds 2s and 2s+1: the two streams never share a permutation, whatever the user's seed.
+  unlabelled_blocks = blocks(len(unlabelled), uratio * local, 2 * seed + 1)
+  ds = blocks(len(labelled), local, 2 * seed).map_with_index(
+      _SemiSupervisedBatch(source, labelled, unlabelled, unlabelled_blocks))
+  return iter(_with_workers(ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS),
+                            worker_count, "semi_supervised_iterator"))
 
 
 def _resolved_worker_count(worker_count: int, decodes_images: bool) -> int:

@@ -462,6 +462,31 @@ def label_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
   return stratified_split(labels, fraction, seed)[1]
 
 
+def labelled_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+  """Sorted indices of ``per_class`` examples of every class of ``labels``, drawn with
+  ``np.random.default_rng(seed)``: the labelled set of a semi-supervised run (USB's "40 labels"
+  on CIFAR-10 is ``per_class=4``). ``per_class=-1`` takes every example (the fully supervised
+  row). A class with fewer than ``per_class`` examples is an error naming it."""
+  if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or not (
+      per_class >= 1 or per_class == -1):
+    raise ValueError(f"per_class: expected an integer >= 1 (or -1: every label), got "
+                     f"{per_class!r}")
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or labels.size == 0:
+    raise ValueError(f"labels: expected a non-empty 1-D array, got shape {labels.shape}")
+  if per_class == -1:
+    return np.arange(len(labels))
+  classes, counts = np.unique(labels, return_counts=True)
+  short = counts < per_class
+  if short.any():
+    raise ValueError(
+        f"{per_class} labels per class asked, but classes {classes[short].tolist()} hold only "
+        f"{counts[short].tolist()} examples")
+  rng = np.random.default_rng(seed)
+  chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
+  return np.sort(np.concatenate(chosen))
+
+
 # No official split exists for the digits; this one is fixed forever (changing it would be a new
 # builder VERSION).
 DIGITS_TEST_FRACTION = 0.2

@@ -56,7 +56,11 @@ def evaluate(config, method, state, mesh, info, source_kwargs) -> dict:
   rows = {name: evaluate_features(config, info, featurize, train_source, test_source, name,
                                  mesh=mesh)
           for name, featurize in candidates.items()}
-  return {"rows": rows, "protocol": describe_protocols(config),
+  if method.predict is not None:  # a classifier (semi-supervised methods): its own top-1
+    logits, labels = features_lib.extract_features(method.predict, state.variables, test_source,
+                                                   mesh=mesh, batch_size=bs, worker_count=workers)
+    rows["SSL encoder"]["classifier_top1"] = float(np.mean(np.argmax(logits, -1) == labels))
+  return {"rows": rows, "protocol": describe_protocols(config, method.predict is not None),
           "dataset": config.data.name, "steps": int(state.step)}
 
 
@@ -70,13 +74,16 @@ def _train_split_text(config) -> str:
   return "train split" + (f" (first {first})" if first else "")
 
 
-def describe_protocols(config) -> dict[str, str]:
+def describe_protocols(config, method_predicts: bool = False) -> dict[str, str]:
   """The protocol behind each number of `evaluate`'s rows (knn_top1, linear_top1), so an
   offline figure is never mistaken for an online one."""
   train = _train_split_text(config)
   test = "test split" + (f" (first {config.eval.test_examples})"
                          if config.eval.test_examples else "")
   extra = {}
+  if method_predicts:
+    extra["classifier"] = ("the trained classifier itself (the EMA model for semi-supervised "
+                           f"methods), no augmentation, top-1 on the {test}")
   if config.eval.online_probe:
     extra["online_probe"] = ("online probe: linear classifier trained beside the method on "
                              "stop-gradient encoder features of augmented training views "

@@ -73,8 +73,12 @@ from sslx.losses.semi_supervised import (
     flexmatch_thresholds,
     flexmatch,
     flexmatch_update,
+    freematch_init,
+    freematch,
     mean_teacher,
     soft_pseudo_label_mixup,
+    softmatch_init,
+    softmatch,
 )
 
 __all__ = [
@@ -90,6 +94,8 @@ __all__ = [
     "flexmatch_init",
     "flexmatch_thresholds",
     "flexmatch_update",
+    "freematch",
+    "freematch_init",
     "groco",
     "halp",
     "halp_positives",
@@ -117,6 +123,8 @@ __all__ = [
     "pls_ey",
     "sinkhorn_knopp",
     "soft_pseudo_label_mixup",
+    "softmatch",
+    "softmatch_init",
     "supcon",
     "swav",
     "swav_update_queue",

@@ -5,14 +5,16 @@ labelled examples is the caller's. Pseudo-labels and teacher outputs are constan
 (``stop_gradient``), as in the authors' code.
 """
 
-from collections.abc import Hashable
+import numbers
+from collections.abc import Hashable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sslx.losses import _checks
-from sslx.losses._common import as_float32, batch_mean, mean_across_devices, replicate_rows
+from sslx.losses._common import (
+    as_float32, batch_mean, batch_sum, mean_across_devices, replicate_rows)
 
 _MAPPINGS = ("convex", "linear")
 
@@ -462,3 +464,331 @@ def soft_pseudo_label_mixup(
   mean_prob = batch_mean(probs, axis_name)
   prior_term = -jnp.sum(prior * jnp.log(mean_prob))
   return local + reg_prior_weight * prior_term
+
+
+# --- FreeMatch and SoftMatch: shared state handling ---------------------------------------------
+
+
+def _check_momentum(value) -> None:
+  """An EMA momentum must lie in [0, 1): at 1 the statistics would never move."""
+  if isinstance(value, numbers.Real) and not 0.0 <= value < 1.0:  # also rejects NaN
+    raise ValueError(f"momentum must be in [0, 1), but got {value!r}.")
+
+
+def _check_num_classes(num_classes) -> None:
+  if (not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool)
+      or num_classes < 1):
+    raise ValueError(f"num_classes must be an integer >= 1, but got {num_classes!r}.")
+
+
+def _check_ema_state(state, num_classes: int, shapes: dict[str, tuple[int, ...]],
+                     init_name: str) -> dict[str, jax.Array]:
+  """Validates a FreeMatch / SoftMatch state; returns its leaves as float32 constants."""
+  if not isinstance(state, Mapping) or set(state) != set(shapes):
+    got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+    raise ValueError(
+        f"state must be a dict with keys {sorted(shapes)} (see {init_name}), but got {got}.")
+  for key, shape in shapes.items():
+    if tuple(np.shape(state[key])) != shape:
+      raise ValueError(
+          f"state[{key!r}] must have shape {shape} (num_classes = {num_classes} from the "
+          f"logits; see {init_name}), but got shape {tuple(np.shape(state[key]))}.")
+  return {key: jax.lax.stop_gradient(jnp.asarray(state[key], jnp.float32)) for key in shapes}
+
+
+def _ema(old: jax.Array, new: jax.Array, momentum) -> jax.Array:
+  return momentum * old + (1.0 - momentum) * new
+
+
+def _select(table: jax.Array, labels: jax.Array) -> jax.Array:
+  """``table[labels]`` as a one-hot product (see flexmatch: batch-sharded gathers)."""
+  return jnp.sum(jax.nn.one_hot(labels, table.shape[0]) * table, axis=-1)
+
+
+def _reciprocal_or_zero(x: jax.Array) -> jax.Array:
+  """``1 / x`` with 0 where ``x == 0`` (USB's ``replace_inf_to_zero(1 / x)``)."""
+  nonzero = x != 0
+  return jnp.where(nonzero, 1.0 / jnp.where(nonzero, x, 1.0), 0.0)
+
+
+def _sum_normalize(x: jax.Array) -> jax.Array:
+  total = jnp.sum(x)
+  return x / jnp.where(total > 0, total, 1.0)
+
+
+# --- FreeMatch ----------------------------------------------------------------------------------
+
+
+def freematch_init(num_classes: int) -> dict[str, jax.Array]:
+  """FreeMatch's initial state: every statistic at its uniform value ``1/C``.
+
+  ``{"tau": float32[], "p_model": float32[C], "label_hist": float32[C]}``: the global confidence
+  threshold, the class-wise expectation of the weak-view softmax and the histogram of its
+  arg-max, as in the paper (``tau_0 = p_0 = h_0 = 1/C``) and USB. :func:`freematch` returns the
+  updated state in its ``aux["state"]``; keep it in the train state, replicated on every device.
+
+  Args:
+    num_classes: ``C`` (>= 1).
+
+  Returns:
+    The state dict, float32.
+
+  Example:
+    >>> from sslx.losses import freematch_init
+    >>> state = freematch_init(4)
+    >>> float(state["tau"]), state["p_model"].tolist(), state["label_hist"].shape
+    (0.25, [0.25, 0.25, 0.25, 0.25], (4,))
+  """
+  _check_num_classes(num_classes)
+  def uniform():  # a buffer per entry: a trainer that donates the state must not see one twice
+    return jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+
+  return {"tau": jnp.asarray(1.0 / num_classes, jnp.float32), "p_model": uniform(),
+          "label_hist": uniform()}
+
+
+def freematch(
+    logits_strong: jax.Array,
+    logits_weak: jax.Array,
+    state: dict[str, jax.Array],
+    *,
+    momentum: float | jax.Array = 0.999,
+    fairness_weight: float | jax.Array = 0.01,
+    axis_name: Hashable | None = None,
+) -> tuple[jax.Array, dict]:
+  r"""FreeMatch's unlabelled loss: self-adaptive thresholds (SAT) and class fairness (SAF).
+
+  From Wang, Chen, Heng, Hou, Fan, Wu, Wang, Savvides, Shinozaki, Raj, Schiele and Xie,
+  "FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning", ICLR 2023
+  (arXiv:2205.07246), eqs. (5)-(11), as in USB (microsoft/Semi-supervised-learning,
+  ``algorithms/freematch``: hard labels, no quantile, no clipping). With ``p_i =
+  softmax(logits_weak_i)`` (a constant), ``y_i = argmax p_i``, ``q_i = softmax(logits_strong_i)``,
+  momentum ``m`` and global unlabelled batch size ``B``, the state is first updated with the
+  current batch (USB updates before masking)::
+
+      tau' = m tau + (1 - m) 1/B sum_i max p_i
+      p'   = m p_model + (1 - m) 1/B sum_i p_i
+      h'   = m label_hist + (1 - m) 1/B sum_i onehot(y_i)
+
+  then the mask (the local thresholds are ``tau'`` scaled by MaxNorm of ``p'``) and the
+  consistency loss, averaged over all ``B`` examples::
+
+      mask_i = 1[max p_i >= tau' p'_{y_i} / max_c p'_c]
+      L_u    = 1/B sum_i mask_i CE(y_i, q_i)
+
+  The fairness term is USB's ``entropy_loss``, on the ``M = sum_i mask_i`` selected examples'
+  *strong* views: their mean ``qbar = 1/M sum_i mask_i q_i`` and the histogram ``hbar = 1/M
+  sum_i mask_i onehot(argmax q_i)``. With ``inv(x)_c = 1/x_c`` (0 where ``x_c = 0``) and
+  ``SumNorm(x) = x / sum_c x_c``::
+
+      P   = SumNorm(p' * inv(h'))
+      Q   = SumNorm(qbar * inv(hbar))
+      L_f = sum_c P_c log(Q_c + 1e-12)           (0 when M = 0, as USB skips it)
+
+  i.e. the paper's ``L_f = -H(P, Q)``, the negative cross-entropy; the gradient flows through
+  ``qbar`` only (``hbar`` is an arg-max count). The loss is ``L_u + fairness_weight * L_f`` (the
+  caller's ``w_u`` multiplies the whole). USB's default ``ent_loss_ratio`` is 0.01; its released
+  configs use 0.001.
+
+  Deviation: under data parallelism USB computes ``L_f`` from each GPU's own selected examples
+  and averages the gradients; here ``qbar`` and ``hbar`` are of the global batch, so the loss is
+  that of a single-GPU USB run whatever the sharding. The statistics of the state are of the
+  global batch in both (USB all-gathers them).
+
+  Args:
+    logits_strong: ``[b, C]`` logits of the strongly augmented views (receive gradient).
+    logits_weak: ``[b, C]`` logits of the weakly augmented views of the same examples.
+    state: the state of :func:`freematch_init` or of the previous step, replicated (a constant).
+    momentum: ``m`` in [0, 1) (paper: 0.999).
+    fairness_weight: ``w_f`` >= 0.
+    axis_name: ``None`` for global arrays; inside ``jax.shard_map`` the mapped batch axis, over
+      which every batch statistic is taken (``pmean`` / ``psum``, equal local batches).
+
+  Returns:
+    ``(loss, aux)``: a float32 scalar and ``{"mask_rate": fraction of the global batch selected,
+    "consistency_loss": L_u, "fairness_loss": L_f, "state": the updated state}``, the state
+    replicated (invariant under ``shard_map``). All-zero logits pass every example (``max p_i =
+    tau' = 1/C``, label 0): ``L_u = log C``, and ``Q`` is one-hot, so ``L_f = (1 - P_0) log 1e-12``
+    with a zero gradient.
+
+  Raises:
+    ValueError: if the logits are not rank 2 or differ in shape, the batch is empty, the state
+      has other keys or shapes, ``momentum`` is outside [0, 1) or ``fairness_weight`` < 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sslx.losses import freematch, freematch_init
+    >>> weak = jnp.array([[9.0, 0.0], [0.0, 0.0]])  # confident class 0; undecided
+    >>> strong = jnp.zeros((2, 2))
+    >>> loss, aux = freematch(strong, weak, freematch_init(2), momentum=0.0)
+    >>> float(aux["state"]["tau"]) > 0.5, float(aux["mask_rate"])  # only row 0 passes tau'
+    (True, 0.5)
+    >>> round(float(aux["consistency_loss"]), 4)  # log 2 / 2
+    0.3466
+  """
+  _check_logit_pair("logits_strong", logits_strong, "logits_weak", logits_weak, axis_name)
+  num_classes = np.shape(logits_weak)[1]
+  state = _check_ema_state(
+      state, num_classes, {"tau": (), "p_model": (num_classes,), "label_hist": (num_classes,)},
+      "freematch_init")
+  _check_momentum(momentum)
+  _checks.check_non_negative("fairness_weight", fairness_weight)
+
+  logits_strong, logits_weak = as_float32(logits_strong, logits_weak)
+  probs = jax.nn.softmax(jax.lax.stop_gradient(logits_weak), axis=-1)
+  confidence, labels = jnp.max(probs, axis=-1), jnp.argmax(probs, axis=-1)
+  new_state = {
+      "tau": _ema(state["tau"], batch_mean(confidence, axis_name), momentum),
+      "p_model": _ema(state["p_model"], batch_mean(probs, axis_name), momentum),
+      "label_hist": _ema(state["label_hist"],
+                         batch_mean(jax.nn.one_hot(labels, num_classes), axis_name), momentum),
+  }
+  local_thresholds = new_state["tau"] * new_state["p_model"] / jnp.max(new_state["p_model"])
+  mask = (confidence >= _select(local_thresholds, labels)).astype(jnp.float32)
+  consistency = mean_across_devices(
+      jnp.mean(_hard_cross_entropy(logits_strong, labels) * mask), axis_name)
+
+  # Self-adaptive fairness on the selected strong views, over the global batch.
+  strong_probs = jax.nn.softmax(logits_strong, axis=-1)
+  strong_hist = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(strong_probs), axis=-1),
+                               num_classes)
+  selected = batch_sum(mask, axis_name)
+  count = jnp.where(selected > 0, selected, 1.0)
+  mean_strong = batch_sum(mask[:, None] * strong_probs, axis_name) / count
+  hist_strong = batch_sum(mask[:, None] * strong_hist, axis_name) / count
+  target = _sum_normalize(new_state["p_model"] * _reciprocal_or_zero(new_state["label_hist"]))
+  predicted = _sum_normalize(mean_strong * _reciprocal_or_zero(hist_strong))
+  fairness = jnp.where(selected > 0, jnp.sum(target * jnp.log(predicted + 1e-12)), 0.0)
+
+  loss = consistency + fairness_weight * fairness
+  return loss, {"mask_rate": mean_across_devices(jnp.mean(mask), axis_name),
+                "consistency_loss": consistency, "fairness_loss": fairness,
+                "state": new_state}
+
+
+# --- SoftMatch ----------------------------------------------------------------------------------
+
+
+def softmatch_init(num_classes: int) -> dict[str, jax.Array]:
+  """SoftMatch's initial state: ``{"p_model": float32[C], "mu": float32[], "var": float32[]}``.
+
+  ``mu = 1/C`` and ``var = 1`` start the Gaussian of the confidence, as in the paper and USB.
+  ``p_model``, the EMA of the weak-view softmax used by uniform alignment, starts at zeros,
+  meaning "no batch seen yet": USB's ``DistAlignEMAHook`` sets it to the first batch's mean
+  without averaging, and :func:`softmatch` does the same when ``p_model`` sums to 0. Keep the
+  state (``aux["state"]`` of :func:`softmatch`) in the train state, replicated on every device.
+
+  Args:
+    num_classes: ``C`` (>= 1).
+
+  Returns:
+    The state dict, float32.
+
+  Example:
+    >>> from sslx.losses import softmatch_init
+    >>> state = softmatch_init(4)
+    >>> state["p_model"].tolist(), float(state["mu"]), float(state["var"])
+    ([0.0, 0.0, 0.0, 0.0], 0.25, 1.0)
+  """
+  _check_num_classes(num_classes)
+  return {"p_model": jnp.zeros((num_classes,), jnp.float32),
+          "mu": jnp.asarray(1.0 / num_classes, jnp.float32),
+          "var": jnp.asarray(1.0, jnp.float32)}
+
+
+def softmatch(
+    logits_strong: jax.Array,
+    logits_weak: jax.Array,
+    state: dict[str, jax.Array],
+    *,
+    momentum: float | jax.Array = 0.999,
+    n_sigma: float | jax.Array = 2.0,
+    axis_name: Hashable | None = None,
+) -> tuple[jax.Array, dict]:
+  r"""SoftMatch's unlabelled loss: pseudo-labels weighted by a truncated Gaussian of confidence.
+
+  From Chen, Tao, Fan, Wang, Wang, Schiele, Xie, Raj and Savvides, "SoftMatch: Addressing the
+  Quantity-Quality Trade-off in Semi-supervised Learning", ICLR 2023 (arXiv:2301.10921), eqs.
+  (6)-(9), as in USB (microsoft/Semi-supervised-learning, ``algorithms/softmatch``: hard labels,
+  uniform alignment, one Gaussian for all classes). With ``p_i = softmax(logits_weak_i)`` (a
+  constant), momentum ``m`` and global unlabelled batch size ``B``, in USB's order:
+
+  1. uniform alignment (USB's ``DistAlignEMAHook``, target ``u = 1/C``), its EMA updated first::
+
+         p'      = m p_model + (1 - m) 1/B sum_i p_i     (= the batch mean at the first step)
+         a_i     = SumNorm(p_i * (u + 1e-6) / (p' + 1e-6))
+
+  2. the Gaussian's statistics of the aligned confidence ``c_i = max a_i``, updated first
+     (``var`` unbiased, over the global batch)::
+
+         mu'  = m mu  + (1 - m) 1/B sum_i c_i
+         var' = m var + (1 - m) 1/(B - 1) sum_i (c_i - mean c)^2
+
+  3. the weights and the loss, with the pseudo-label ``y_i = argmax p_i`` of the *unaligned*
+     weak view (as USB) and ``q_i = softmax(logits_strong_i)``::
+
+         w_i = exp(-(c_i - mu')^2 / (2 var' / n_sigma^2))  if c_i < mu',  else 1
+         L_u = 1/B sum_i w_i CE(y_i, q_i)
+
+  USB writes the weight as ``exp(-min(c_i - mu', 0)^2 / (2 var' / n_sigma^2))``, the same value
+  (and no 0/0 here if ``var'`` were 0). The weights are constants.
+
+  Args:
+    logits_strong: ``[b, C]`` logits of the strongly augmented views (receive gradient).
+    logits_weak: ``[b, C]`` logits of the weakly augmented views of the same examples.
+    state: the state of :func:`softmatch_init` or of the previous step, replicated (a constant).
+    momentum: ``m`` in [0, 1) (paper: 0.999), for the alignment and the Gaussian alike.
+    n_sigma: > 0; the Gaussian's standard deviation is ``sqrt(var') / n_sigma`` (USB: 2).
+    axis_name: ``None`` for global arrays; inside ``jax.shard_map`` the mapped batch axis, over
+      which every batch statistic is taken (``pmean``, equal local batches).
+
+  Returns:
+    ``(loss, aux)``: a float32 scalar and ``{"mask_rate": mean weight over the global batch
+    (USB's util_ratio), "state": the updated state}``, the state replicated (invariant under
+    ``shard_map``). All-zero logits give weights 1 and loss ``log C``.
+
+  Raises:
+    ValueError: if the logits are not rank 2 or differ in shape, the global batch has fewer than
+      2 examples, the state has other keys or shapes, ``momentum`` is outside [0, 1) or
+      ``n_sigma`` <= 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sslx.losses import softmatch, softmatch_init
+    >>> weak = jnp.array([[9.0, 0.0], [0.0, 9.0]])  # confident, balanced: alignment is a no-op
+    >>> strong = jnp.zeros((2, 2))
+    >>> loss, aux = softmatch(strong, weak, softmatch_init(2))
+    >>> round(float(loss), 4), float(aux["mask_rate"])  # confidence > mu': weights 1, log 2
+    (0.6931, 1.0)
+  """
+  _check_logit_pair("logits_strong", logits_strong, "logits_weak", logits_weak, axis_name)
+  batch = _checks.check_global_batch_size(
+      "logits_weak", logits_weak, axis_name, 2, "the unbiased variance of the confidence")
+  num_classes = np.shape(logits_weak)[1]
+  state = _check_ema_state(state, num_classes, {"p_model": (num_classes,), "mu": (), "var": ()},
+                           "softmatch_init")
+  _check_momentum(momentum)
+  _checks.check_positive("n_sigma", n_sigma)
+
+  logits_strong, logits_weak = as_float32(logits_strong, logits_weak)
+  probs = jax.nn.softmax(jax.lax.stop_gradient(logits_weak), axis=-1)
+  labels = jnp.argmax(probs, axis=-1)
+
+  batch_probs = batch_mean(probs, axis_name)
+  p_model = jnp.where(jnp.sum(state["p_model"]) > 0,
+                      _ema(state["p_model"], batch_probs, momentum), batch_probs)
+  aligned = probs * (1.0 / num_classes + 1e-6) / (p_model + 1e-6)
+  aligned = aligned / jnp.sum(aligned, axis=-1, keepdims=True)
+  confidence = jnp.max(aligned, axis=-1)
+
+  mean_confidence = batch_mean(confidence, axis_name)
+  variance = batch_mean((confidence - mean_confidence) ** 2, axis_name) * (batch / (batch - 1))
+  mu = _ema(state["mu"], mean_confidence, momentum)
+  var = _ema(state["var"], variance, momentum)
+  gap = jnp.minimum(confidence - mu, 0.0)
+  weight = jnp.where(confidence < mu, jnp.exp(-gap**2 * n_sigma**2 / (2.0 * var)), 1.0)
+
+  loss = mean_across_devices(jnp.mean(_hard_cross_entropy(logits_strong, labels) * weight),
+                             axis_name)
+  return loss, {"mask_rate": mean_across_devices(jnp.mean(weight), axis_name),
+                "state": {"p_model": p_model, "mu": mu, "var": var}}

@@ -129,9 +129,16 @@ def train(config, workdir: str, *,
 
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
-  data_iter = pipeline.train_iterator(train_source, global_batch_size=config.batch_size,
-                                      seed=config.seed, worker_count=config.data.worker_count,
-                                      host_crops=host_crops)
+  if is_semi_supervised(config):
+    labelled, unlabelled = semi_supervised_split(config, workdir)
+    data_iter = pipeline.semi_supervised_iterator(
+        train_source, labelled=labelled, unlabelled=unlabelled,
+        global_batch_size=config.batch_size, uratio=config.semi.uratio, seed=config.seed,
+        worker_count=config.data.worker_count)
+  else:
+    data_iter = pipeline.train_iterator(train_source, global_batch_size=config.batch_size,
+                                        seed=config.seed, worker_count=config.data.worker_count,
+                                        host_crops=host_crops)
 
   init_state, state_sharding = state_initializer(config, method, tx, mesh, rules, info)
   state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
@@ -207,7 +214,9 @@ def train(config, workdir: str, *,
         if last_log[0] > start_step:  # the first window after a (re)start includes compilation
           summary["train/images_per_s"] = ((done - last_log[0]) * config.batch_size
                                            / (now - last_log[1]))
-        summary["train/epoch"] = done * config.batch_size / len(train_source)
+        # Epochs of the training images: of the unlabelled stream in a semi-supervised run.
+        summary["train/epoch"] = done * config.batch_size * (
+            config.semi.uratio if is_semi_supervised(config) else 1) / len(train_source)
         summary["train/nonfinite_steps"] = int(state.nonfinite_steps)  # since step 0
         last_log = (done, now)
         writer.write(done, summary)
@@ -261,10 +270,66 @@ def save_method_pictures(config, variables, monitor_images, workdir: str) -> lis
 
 # Fields that define the trajectory of a run: a resumed run must not change them.
 _RUN_DEFINING = ("experiment", "seed", "batch_size", "total_steps", "data.name", "model",
-                 "projector", "augment", "loss", "optim", "eval.online_probe")
+                 "projector", "augment", "loss", "optim", "eval.online_probe", "semi")
 # Settings under those that trade memory for compute without changing what is computed (up to
 # float reassociation): a run that ran out of memory may resume with more of them.
 _MEMORY_ONLY = ("model.remat", "optim.grad_cache_chunks")
+
+
+def is_semi_supervised(config) -> bool:
+  """Whether `config` trains a semi-supervised method (it has a `semi` section: a labelled and
+  an unlabelled part in every batch)."""
+  return "semi" in config
+
+
+def example_batch(config, info) -> dict:
+  """Zeros shaped like a global batch of `config` (what `Method.init` is given)."""
+  batch = {"image": jnp.zeros((config.batch_size, *info.image_shape), jnp.uint8),
+           "label": jnp.zeros((config.batch_size,), jnp.int32)}
+  if is_semi_supervised(config):
+    unlabelled = config.batch_size * config.semi.uratio
+    batch["unlabelled_image"] = jnp.zeros((unlabelled, *info.image_shape), jnp.uint8)
+    batch["unlabelled_index"] = jnp.zeros((unlabelled,), jnp.int32)
+  return batch
+
+
+SPLIT_FILE = "semi_supervised_split.json"
+
+
+def semi_supervised_split(config, workdir: str) -> tuple[np.ndarray, np.ndarray]:
+  """(labelled, unlabelled) indices into the train split of a semi-supervised run:
+  semi.labels_per_class examples of every class drawn with config.seed among the examples that
+  have a label (`sources.labelled_subset`), and every training image (semi.unlabelled='all', as
+  USB) or the others. The labelled indices are written to `workdir/semi_supervised_split.json`
+  when the run starts and read back from it when it resumes, so a resumed run trains on the same
+  labels even if the way they are drawn changes in a later sslx."""
+  info = sources.get_dataset_info(config.data.name)
+  labels = sources.split_labels(config.data.name, info.train_split,
+                                **sources.source_kwargs(config.data))
+  record = epath.Path(workdir) / SPLIT_FILE
+  defining = {"dataset": config.data.name, "split": info.train_split, "seed": config.seed,
+              "labels_per_class": config.semi.labels_per_class}
+  saved = json.loads(record.read_text()) if record.exists() else {}
+  if saved and all(saved.get(k) == v for k, v in defining.items()):
+    labelled = np.asarray(saved["labelled"], np.int64)
+  else:  # a new run (or a workdir left by a run of other settings that never checkpointed)
+    has_label = np.flatnonzero(labels >= 0)
+    if has_label.size == 0:
+      raise ValueError(f"data.name={config.data.name!r}: no training example has a label "
+                       "(all are -1); a semi-supervised method needs some")
+    try:
+      labelled = has_label[sources.labelled_subset(labels[has_label],
+                                                   config.semi.labels_per_class, config.seed)]
+    except ValueError as e:
+      raise ValueError(f"semi.labels_per_class={config.semi.labels_per_class} on "
+                       f"{config.data.name!r}: {e}") from None
+    if jax.process_index() == 0:
+      record.write_text(json.dumps({**defining, "labelled": labelled.tolist()}))
+  if config.semi.unlabelled == "all":
+    unlabelled = np.arange(len(labels))
+  else:
+    unlabelled = np.setdiff1d(np.arange(len(labels)), labelled)
+  return labelled, unlabelled
 
 
 def state_initializer(config, method, tx, mesh, rules, info):
@@ -273,8 +338,7 @@ def state_initializer(config, method, tx, mesh, rules, info):
 
   def init_state(rng):
     init_rng, train_rng = jax.random.split(rng)
-    example = {"image": jnp.zeros((config.batch_size, *info.image_shape), jnp.uint8),
-               "label": jnp.zeros((config.batch_size,), jnp.int32)}
+    example = example_batch(config, info)
     variables = dict(method.init(init_rng, example))
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,

@@ -320,3 +320,48 @@ def test_worker_processes_give_the_same_batches_and_resume(tmp_path):
                           timeout=300)
   assert result.returncode == 0 and "WORKERS-OK" in result.stdout, result.stderr[-3000:]
   assert "leaked shared_memory" not in result.stderr  # close() releases the workers' buffers
+
+
+def test_semi_supervised_batches_processes_epochs_and_resume():
+  src = Source(40)
+  labelled, unlabelled = np.array([3, 7, 11, 20]), np.arange(10, 40)
+  kwargs = dict(labelled=labelled, unlabelled=unlabelled, global_batch_size=4, uratio=3, seed=5)
+
+  def stream(process_count, steps):
+    its = [pipeline.semi_supervised_iterator(src, process_index=p, process_count=process_count,
+                                             **kwargs) for p in range(process_count)]
+    return [{k: np.concatenate([b[k] for b in batches])
+             for k in ("label", "unlabelled_index", "unlabelled_image")}
+            for batches in zip(*(_take(it, steps) for it in its))]
+
+  one = stream(1, 20)
+  for batch in one:
+    assert set(batch["label"]) <= set(labelled)  # labels only from the labelled set
+    assert batch["unlabelled_index"].shape == (12,)
+    for position, image in zip(batch["unlabelled_index"], batch["unlabelled_image"]):
+      np.testing.assert_array_equal(image, _image(unlabelled[position]))
+  # The labelled set cycles once per step (4 of 4), the unlabelled one once per 30 positions.
+  for s in range(20):
+    assert sorted(one[s]["label"]) == sorted(labelled)
+  positions = np.concatenate([b["unlabelled_index"] for b in one])
+  for epoch in range(len(positions) // 30):
+    assert sorted(positions[epoch * 30:(epoch + 1) * 30]) == list(range(30))
+  assert not np.array_equal(positions[:30], positions[30:60])  # reshuffled every epoch
+  # Two processes' rows concatenate to the one-process batch.
+  for a, b in zip(one[:6], stream(2, 6)):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  # Both streams resume from one iterator state.
+  it = pipeline.semi_supervised_iterator(src, **kwargs)
+  _take(it, 7)
+  state = it.get_state()
+  rest = _take(it, 3)
+  it2 = pipeline.semi_supervised_iterator(src, **kwargs)
+  it2.set_state(state)
+  for a, b in zip(rest, _take(it2, 3)):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  with pytest.raises(ValueError, match=r"uratio: expected an integer >= 1 .*got 0"):
+    pipeline.semi_supervised_iterator(src, **{**kwargs, "uratio": 0})
+  with pytest.raises(ValueError, match=r"labelled: indices must lie in \[0, 40\)"):
+    pipeline.semi_supervised_iterator(src, **{**kwargs, "labelled": np.array([1, 40])})

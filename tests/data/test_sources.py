@@ -436,3 +436,19 @@ def test_prepared_tf_flowers_is_resized_and_held_out_by_slicing(tmp_path, monkey
       assert abs(example["image"].astype(int) - value).max() <= 2  # constant stays constant
       seen.append(value // 10)
   assert sorted(seen[:17] + seen[18:21]) == list(range(n))  # disjoint and complete
+
+
+def test_labelled_subset_is_balanced_seeded_and_refuses_too_many():
+  labels = np.repeat(np.arange(3), [5, 9, 4])
+  chosen = sources.labelled_subset(labels, 4, seed=1)
+  assert np.all(np.diff(chosen) > 0)
+  assert np.bincount(labels[chosen]).tolist() == [4, 4, 4]
+  np.testing.assert_array_equal(chosen, sources.labelled_subset(labels, 4, seed=1))
+  assert not np.array_equal(sources.labelled_subset(labels, 2, seed=1),
+                            sources.labelled_subset(labels, 2, seed=2))
+  np.testing.assert_array_equal(sources.labelled_subset(labels, -1, seed=0), np.arange(18))
+  with pytest.raises(ValueError, match=r"5 labels per class asked, but classes \[2\] hold only"
+                                       r" \[4\]"):
+    sources.labelled_subset(labels, 5, seed=0)
+  with pytest.raises(ValueError, match="per_class: expected an integer >= 1"):
+    sources.labelled_subset(labels, 0, seed=0)

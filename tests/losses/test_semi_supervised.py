@@ -13,11 +13,11 @@ from jax.sharding import NamedSharding
 
 from sslx.losses import semi_supervised as ss
 from sslx.losses.semi_supervised import (
-    fixmatch, flexmatch, flexmatch_init, flexmatch_thresholds, flexmatch_update, mean_teacher,
-    soft_pseudo_label_mixup)
+    fixmatch, flexmatch, flexmatch_init, flexmatch_thresholds, flexmatch_update, freematch,
+    freematch_init, mean_teacher, soft_pseudo_label_mixup, softmatch, softmatch_init)
 from tests.losses.harness import (
-    BATCH, REPLICATED, check_against_reference, check_sharded_equivalence,
-    make_mesh)
+    BATCH, REPLICATED, assert_close, check_against_reference, check_sharded_equivalence,
+    finite_difference_grad, make_mesh)
 
 
 def softmax(x):
@@ -293,5 +293,253 @@ def test_same_value_and_gradient_on_one_and_eight_devices(global_batch):
 
 
 def test_module_exports():
-  assert {"fixmatch", "flexmatch", "flexmatch_update", "mean_teacher",
-          "soft_pseudo_label_mixup"} <= set(dir(ss))
+  assert {"fixmatch", "flexmatch", "flexmatch_update", "freematch", "freematch_init",
+          "mean_teacher", "soft_pseudo_label_mixup", "softmatch", "softmatch_init"} <= set(dir(ss))
+
+
+# --- FreeMatch and SoftMatch --------------------------------------------------------------------
+
+
+def reference_freematch(strong, weak, tau, p_model, label_hist, m, fairness_weight):
+  """USB's FreeMatchThresholingHook (update, then mask) and entropy_loss, one example at a time.
+  Returns (loss, new state, mask rate, L_u, L_f)."""
+  n, c = np.shape(weak)
+  weak_probs = [softmax(w) for w in weak]
+  confidence = [p.max() for p in weak_probs]
+  labels = [int(np.argmax(p)) for p in weak_probs]
+  hist = np.zeros(c)
+  for y in labels:
+    hist[y] += 1
+  new_tau = m * float(tau) + (1 - m) * sum(confidence) / n
+  new_p = m * np.asarray(p_model, np.float64) + (1 - m) * sum(weak_probs) / n
+  new_h = m * np.asarray(label_hist, np.float64) + (1 - m) * hist / hist.sum()
+  consistency, selected = 0.0, []
+  for i in range(n):
+    if confidence[i] >= new_tau * new_p[labels[i]] / new_p.max():
+      consistency -= math.log(softmax(strong[i])[labels[i]])
+      selected.append(i)
+  consistency /= n
+  fairness = 0.0
+  if selected:
+    q = [softmax(strong[i]) for i in selected]
+    mean_q = sum(q) / len(q)
+    hist_q = np.zeros(c)
+    for qi in q:
+      hist_q[int(np.argmax(qi))] += 1
+    hist_q /= hist_q.sum()
+    inv = lambda x: np.array([0.0 if v == 0 else 1.0 / v for v in x])  # noqa: E731
+    target = new_p * inv(new_h)
+    target /= target.sum()
+    predicted = mean_q * inv(hist_q)
+    predicted /= predicted.sum()
+    fairness = sum(target[k] * math.log(predicted[k] + 1e-12) for k in range(c))
+  state = {"tau": new_tau, "p_model": new_p, "label_hist": new_h}
+  return (consistency + fairness_weight * fairness, state, len(selected) / n, consistency,
+          fairness)
+
+
+def reference_softmatch(strong, weak, p_model, mu, var, m, n_sigma):
+  """USB's DistAlignEMAHook (uniform target) then SoftMatchWeightingHook, both updating first.
+  Returns (loss, new state, mean weight)."""
+  n, c = np.shape(weak)
+  weak_probs = [softmax(w) for w in weak]
+  mean_prob = sum(weak_probs) / n
+  p_model = np.asarray(p_model, np.float64)
+  new_p = mean_prob if p_model.sum() == 0 else m * p_model + (1 - m) * mean_prob
+  aligned = [p * (1 / c + 1e-6) / (new_p + 1e-6) for p in weak_probs]
+  confidence = [(a / a.sum()).max() for a in aligned]
+  mean_conf = sum(confidence) / n
+  var_conf = sum((x - mean_conf) ** 2 for x in confidence) / (n - 1)
+  new_mu = m * float(mu) + (1 - m) * mean_conf
+  new_var = m * float(var) + (1 - m) * var_conf
+  weights = [math.exp(-min(x - new_mu, 0.0) ** 2 / (2 * new_var / n_sigma**2))
+             for x in confidence]
+  loss = sum(-w * math.log(softmax(s)[int(np.argmax(p))])
+             for w, s, p in zip(weights, strong, weak_probs)) / n
+  return loss, {"p_model": new_p, "mu": new_mu, "var": new_var}, sum(weights) / n
+
+
+def freematch_state(c, seed=0):
+  """A state away from its uniform start: a confident threshold and skewed class statistics."""
+  rng = np.random.default_rng(seed)
+  p_model = rng.dirichlet(np.ones(c)).astype(np.float32)
+  hist = rng.dirichlet(np.ones(c)).astype(np.float32)
+  return {"tau": np.float32(0.8), "p_model": p_model, "label_hist": hist}
+
+
+def softmatch_state(c, seed=0):
+  p_model = np.random.default_rng(seed).dirichlet(np.ones(c)).astype(np.float32)
+  return {"p_model": p_model, "mu": np.float32(0.7), "var": np.float32(0.05)}
+
+
+HYPER = {"momentum": np.float32(0.9), "fairness_weight": np.float32(0.5),
+         "n_sigma": np.float32(2.0)}
+
+
+def _both(strong, weak, free_state, soft_state, hyper, axis_name=None):
+  """Both losses on one batch: for each, (loss, gradients w.r.t. (logits_strong, logits_weak),
+  aux). The FreeMatch and SoftMatch tests share this one program (hyper-parameters and states
+  are arguments, not constants) so that each shape and sharding compiles once."""
+  def free(s, w):
+    return freematch(s, w, free_state, momentum=hyper["momentum"],
+                     fairness_weight=hyper["fairness_weight"], axis_name=axis_name)
+
+  def soft(s, w):
+    return softmatch(s, w, soft_state, momentum=hyper["momentum"], n_sigma=hyper["n_sigma"],
+                     axis_name=axis_name)
+
+  out = {}
+  for name, fn in (("freematch", free), ("softmatch", soft)):
+    (loss, aux), grads = jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(strong, weak)
+    out[name] = (loss, grads, aux)
+  return out
+
+
+_both_jit = jax.jit(_both)
+
+
+def assert_state_close(actual, expected, rtol=1e-5):
+  assert set(actual) == set(expected)
+  for key in expected:
+    assert_close(actual[key], expected[key], rtol=rtol)
+
+
+def test_freematch_closed_form():
+  # All-zero logits from the initial state, m = 1/2: tau' = 1/2, every example passes with label
+  # 0 (L_u = log 2); h' = (3/4, 1/4) so P = SumNorm(p' / h') = (1/4, 3/4), and every strong view
+  # predicts class 0, so Q = (1, 0): L_f = 3/4 log 1e-12.
+  zeros = np.zeros((4, 2), np.float32)
+  hyper = dict(HYPER, momentum=np.float32(0.5), fairness_weight=np.float32(0.1))
+  loss, _, aux = _both_jit(zeros, zeros, freematch_init(2), softmatch_init(2), hyper)["freematch"]
+  np.testing.assert_allclose(aux["consistency_loss"], math.log(2), rtol=1e-6)
+  np.testing.assert_allclose(aux["fairness_loss"], 0.75 * math.log(1e-12), rtol=1e-6)
+  np.testing.assert_allclose(loss, math.log(2) + 0.075 * math.log(1e-12), rtol=1e-6)
+  assert float(aux["mask_rate"]) == 1.0
+  assert_state_close(aux["state"], {"tau": 0.5, "p_model": [0.5, 0.5], "label_hist": [0.75, 0.25]})
+  # Nothing selected (1/2 < tau' = 0.9 * 0.9 + 0.1 / 2): no fairness term (USB skips it) and a
+  # zero gradient, not NaN.
+  state = dict(freematch_init(2), tau=jnp.float32(0.9))
+  loss, (grad, _), aux = _both_jit(
+      np.ones((4, 2), np.float32), zeros, state, softmatch_init(2), HYPER)["freematch"]
+  assert float(loss) == 0.0 and float(aux["fairness_loss"]) == 0.0
+  assert np.all(grad == 0.0)
+
+
+def test_softmatch_closed_form():
+  # Confidences (0.9, 0.6, 0.9, 0.6), balanced so the alignment is exact: with m = 0, mu' =
+  # 0.75 and var' = 4 * 0.15^2 / 3 = 0.03, so the 0.6 rows weigh exp(-0.15^2 / (2 * 0.03 / 4)).
+  weak = np.log(np.array([[0.9, 0.1], [0.6, 0.4], [0.1, 0.9], [0.4, 0.6]], np.float32))
+  zeros = np.zeros((4, 2), np.float32)
+  hyper = dict(HYPER, momentum=np.float32(0.0))
+  loss, _, aux = _both_jit(zeros, weak, freematch_init(2), softmatch_init(2), hyper)["softmatch"]
+  low = math.exp(-1.5)
+  np.testing.assert_allclose(loss, math.log(2) * (2 + 2 * low) / 4, rtol=1e-5)
+  np.testing.assert_allclose(aux["mask_rate"], (1 + low) / 2, rtol=1e-5)
+  assert_state_close(aux["state"], {"p_model": [0.5, 0.5], "mu": 0.75, "var": 0.03})
+  # The first step sets p_model to the batch mean (USB's None); later steps average.
+  skewed = 2 * weak[:, ::-1]
+  first = _both_jit(zeros, skewed, freematch_init(2), softmatch_init(2), HYPER)["softmatch"][2]
+  expected = np.mean(softmax(skewed), axis=0)
+  assert_close(first["state"]["p_model"], expected)
+  later = _both_jit(zeros, weak, freematch_init(2), first["state"], HYPER)["softmatch"][2]
+  assert_close(later["state"]["p_model"], 0.9 * expected + 0.1 * 0.5)
+
+
+def _random_case():
+  """The batch of the reference and 1-vs-8-device tests (one compiled program for both)."""
+  strong, weak = random_logits(22, 16, 4, spread=2.0)
+  return strong, weak, freematch_state(4, 1), softmatch_state(4, 1)
+
+
+def test_freematch_softmatch_match_reference():
+  strong, weak, free_state, soft_state = _random_case()
+  strong64 = strong.astype(np.float64)
+  free_args = (free_state["tau"], free_state["p_model"], free_state["label_hist"], 0.9, 0.5)
+  out = _both_jit(strong, weak, free_state, soft_state, HYPER)
+
+  loss, (grad, grad_weak), aux = out["freematch"]
+  expected, state, rate, consistency, fairness = reference_freematch(strong64, weak, *free_args)
+  assert 0.0 < rate < 1.0 and fairness != 0.0  # the mask and the fairness term both matter
+  assert_close(loss, expected)
+  assert_close(aux["mask_rate"], rate)
+  assert_close(aux["consistency_loss"], consistency)
+  assert_close(aux["fairness_loss"], fairness)
+  assert_state_close(aux["state"], state)
+  assert_close(grad, finite_difference_grad(
+      lambda s: reference_freematch(s, weak, *free_args)[0], strong64), rtol=2e-5)
+  np.testing.assert_array_equal(grad_weak, 0.0)  # pseudo-labels and statistics are constants
+
+  # SoftMatch, from a running state and from the first step (p_model unset).
+  fresh = dict(soft_state, p_model=np.zeros(4, np.float32))
+  for state_in in (soft_state, fresh):
+    if state_in is fresh:
+      out = _both_jit(strong, weak, free_state, fresh, HYPER)
+    soft_args = (state_in["p_model"], state_in["mu"], state_in["var"], 0.9, 2.0)
+    loss, (grad, grad_weak), aux = out["softmatch"]
+    expected, state, mean_weight = reference_softmatch(strong64, weak, *soft_args)
+    assert 0.05 < mean_weight < 0.95  # some weights are truncated, others not
+    assert_close(loss, expected)
+    assert_close(aux["mask_rate"], mean_weight)
+    assert_state_close(aux["state"], state)
+    assert_close(grad, finite_difference_grad(
+        lambda s, a=soft_args: reference_softmatch(s, weak, *a)[0], strong64), rtol=2e-5)
+    np.testing.assert_array_equal(grad_weak, 0.0)
+
+
+def test_freematch_softmatch_one_and_eight_devices():
+  """Value, gradients, aux and new state: one device versus a sharded batch under jax.jit
+  (Explicit mesh) and under jax.shard_map with axis_name (gradient inside the body, as a
+  data-parallel train step does)."""
+  args = _random_case() + (HYPER,)
+  expected = _both_jit(*args)
+  mesh = make_mesh()
+  specs = (BATCH, BATCH, REPLICATED, REPLICATED, REPLICATED)
+  put = jax.tree.map(lambda spec, a: jax.tree.map(
+      lambda x: jax.device_put(x, NamedSharding(mesh, spec)), a), specs, args,
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  out_specs = {name: (REPLICATED, (BATCH, BATCH), REPLICATED)
+               for name in ("freematch", "softmatch")}
+  mapped = jax.jit(jax.shard_map(functools.partial(_both, axis_name="data"), mesh=mesh,
+                                 in_specs=specs, out_specs=out_specs))
+  with jax.set_mesh(mesh):
+    results = {"jit": _both_jit(*put), "shard_map": mapped(*put)}
+  for setting, result in results.items():
+    flat, tree = jax.tree.flatten_with_path(result)
+    assert tree == jax.tree.structure(expected), setting
+    for (path, actual), want in zip(flat, jax.tree.leaves(expected)):
+      try:
+        assert_close(actual, want)
+      except AssertionError as e:
+        raise AssertionError(f"{setting}, {jax.tree_util.keystr(path)}: {e}") from None
+
+
+def test_freematch_softmatch_errors():
+  zeros = jnp.zeros((4, 3))
+  free, soft = freematch_init(3), softmatch_init(3)
+  with pytest.raises(ValueError, match=r"logits_strong must have rank 2 .*\(3,\)"):
+    freematch(jnp.zeros(3), jnp.zeros(3), free)
+  with pytest.raises(ValueError, match=r"logits_weak must have the same shape as logits_strong"):
+    softmatch(zeros, jnp.zeros((4, 2)), soft)
+  with pytest.raises(ValueError, match=re.escape(
+      "state must be a dict with keys ['label_hist', 'p_model', 'tau'] (see freematch_init), "
+      "but got ['mu', 'p_model', 'var']")):
+    freematch(zeros, zeros, soft)
+  with pytest.raises(ValueError, match=re.escape(
+      "state['p_model'] must have shape (3,) (num_classes = 3 from the logits; see "
+      "softmatch_init), but got shape (4,)")):
+    softmatch(zeros, zeros, softmatch_init(4))
+  with pytest.raises(ValueError, match=re.escape("state['tau'] must have shape ()")):
+    freematch(zeros, zeros, dict(free, tau=jnp.ones(1)))
+  for fn, state in ((freematch, free), (softmatch, soft)):
+    for bad in (1.0, -0.1):
+      with pytest.raises(ValueError, match=rf"momentum must be in \[0, 1\), but got {bad}"):
+        fn(zeros, zeros, state, momentum=bad)
+  with pytest.raises(ValueError, match=r"fairness_weight must be >= 0, but got -0.5"):
+    freematch(zeros, zeros, free, fairness_weight=-0.5)
+  with pytest.raises(ValueError, match=r"n_sigma must be > 0, but got 0"):
+    softmatch(zeros, zeros, soft, n_sigma=0)
+  with pytest.raises(ValueError, match=r"must be at least 2 \(the unbiased variance"):
+    softmatch(zeros[:1], zeros[:1], soft)
+  for init in (freematch_init, softmatch_init):
+    with pytest.raises(ValueError, match=r"num_classes must be an integer >= 1, but got 0"):
+      init(0)
