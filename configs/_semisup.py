@@ -1,6 +1,6 @@
 """Config pieces shared by the semi-supervised methods' configs (supervised, pseudo_label,
-mean_teacher, fixmatch, flexmatch): datasets, the labelled / unlabelled split, weak and strong
-augmentation, USB's classic optimizer and EMA, and the variants.
+mean_teacher, fixmatch, flexmatch, freematch, softmatch, mixmatch): datasets, the labelled /
+unlabelled split, weak and strong augmentation, USB's classic optimizer and EMA, and the variants.
 
 Variants (`configs/fixmatch.py:mnist,labels=4`): one dataset of SEMI_DATASETS (default mnist),
 `labels=N` labels per class (-1: every label), `smoke` (seconds; the tests).

@@ -21,8 +21,6 @@ from sslx.method import Method
 from sslx.models import Backbone
 from sslx.train import ema
 
-UNLABELLED_SETS = ("all", "others")
-
 
 class Classifier(nnx.Module):
   """A Backbone and a linear classifier on its pooled features."""
@@ -67,8 +65,9 @@ def check_config(config) -> None:
   if isinstance(s.uratio, bool) or not isinstance(s.uratio, int) or s.uratio < 1:
     raise ValueError(f"semi.uratio must be an integer >= 1 (unlabelled images per labelled one), "
                      f"got {s.uratio!r}")
-  if s.unlabelled not in UNLABELLED_SETS:
-    raise ValueError(f"semi.unlabelled must be one of {UNLABELLED_SETS}, got {s.unlabelled!r}")
+  if s.unlabelled not in sources.UNLABELLED_SETS:
+    raise ValueError(f"semi.unlabelled must be one of {sources.UNLABELLED_SETS}, got "
+                     f"{s.unlabelled!r}")
   if s.unlabelled == "others" and per_class == -1:
     raise ValueError("semi.unlabelled='others' with semi.labels_per_class=-1 leaves no "
                      "unlabelled image; use semi.unlabelled='all'")
@@ -78,11 +77,17 @@ def check_config(config) -> None:
   if not 0.0 <= s.unsup_warmup <= 1.0:
     raise ValueError(f"semi.unsup_warmup must be a fraction of total_steps in [0, 1], got "
                      f"{s.unsup_warmup!r}")
+  image_hw = sources.get_dataset_info(config.data.name).image_shape[:2]
+  view_hw = {}
   for field in ("weak", "strong"):
     try:
-      augment.make_pipeline(s[field])
+      view_hw[field] = tuple(augment.make_pipeline(s[field]).out_hw(image_hw))
     except ValueError as e:
       raise ValueError(f"semi.{field}={s[field]!r}: {e}") from None
+  if view_hw["weak"] != view_hw["strong"]:  # they go through the model in one batch
+    raise ValueError(f"semi.weak and semi.strong must give views of one size, got "
+                     f"{view_hw['weak']} and {view_hw['strong']} from {s.weak!r} and "
+                     f"{s.strong!r}")
   if config.data.crop_on_host:
     raise ValueError("data.crop_on_host is not supported by semi-supervised methods (their "
                      "weak and strong views are cropped on device); set it to False")
@@ -94,15 +99,15 @@ def check_threshold(name: str, value) -> None:
     raise ValueError(f"{name} must be in (0, 1), got {value!r}")
 
 
-def split_sizes(config) -> tuple[int, int]:
-  """(training images, unlabelled images) of `config`'s dataset and semi settings; the
-  per-example state of FlexMatch has one row per unlabelled image."""
+def num_unlabelled(config) -> int:
+  """The number of unlabelled images of `config`'s run (the split `sslx.train.loop` draws): the
+  rows of a per-example state such as FlexMatch's."""
   info = sources.get_dataset_info(config.data.name)
-  total = len(sources.load_source(config.data.name, info.train_split,
-                                  **sources.source_kwargs(config.data)))
-  if config.semi.unlabelled == "all":
-    return total, total
-  return total, total - config.semi.labels_per_class * info.num_classes
+  labels = sources.split_labels(config.data.name, info.train_split,
+                                **sources.source_kwargs(config.data))
+  _, unlabelled = sources.semi_supervised_split(labels, config.semi.labels_per_class,
+                                                config.seed, config.semi.unlabelled)
+  return len(unlabelled)
 
 
 def unsup_ramp(config, step) -> jax.Array:
@@ -114,28 +119,50 @@ def unsup_ramp(config, step) -> jax.Array:
   return config.semi.unsup_weight * jnp.clip(step / warmup, 0.0, 1.0)
 
 
-def semi_supervised_method(config, objective: Objective | None = None, *,
-                           init_state: Callable[[], dict] | None = None, strong: bool = True,
-                           teacher: bool = False) -> Method:
-  """The Method of a classifier trained on the labelled cross-entropy plus
-  ``unsup_ramp * objective(...)`` on the unlabelled images.
+def mixup(rng, inputs: jax.Array, alpha, *, own_majority: bool) -> tuple[jax.Array, jax.Array,
+                                                                        jax.Array]:
+  """Mixes every row with a random row of the (global) batch: (lam x + (1 - lam) x[perm], perm,
+  lam), one lam ~ Beta(alpha, alpha) for the batch. ``own_majority`` (MixMatch): lam is
+  replaced by max(lam, 1 - lam), so that each mixed row stays closest to its own."""
+  ratio_key, perm_key = jax.random.split(rng)
+  lam = jax.random.beta(ratio_key, alpha, alpha)
+  if own_majority:
+    lam = jnp.maximum(lam, 1.0 - lam)
+  perm = jax.random.permutation(perm_key, inputs.shape[0])
+  return lam * inputs + (1.0 - lam) * inputs[perm], perm, lam
 
-  One forward pass through the model takes the labelled weak views, the unlabelled weak views
-  and (``strong``) the unlabelled strong views together, so BatchNorm's statistics are of all of
-  them (USB's ``use_cat``). ``teacher``: the objective also gets the EMA model's logits of the
-  weak views (Mean Teacher), BatchNorm in training mode as in USB. ``init_state() -> dict``: the
-  objective's own entries of the variables (FlexMatch's per-example state), which it returns
-  updated. The variables hold the model (``params``, ``batch_stats``) and its EMA (``ema``), which
-  `Method.apply` (features) and ``predict`` (logits) evaluate; the EMA follows the parameters
-  with momentum semi.ema_momentum and copies the batch statistics (USB's EMA).
-  """
-  check_config(config)
-  info = sources.get_dataset_info(config.data.name)
+
+def classifier(config) -> tuple[experiment.Network, experiment.Images]:
+  """The Network of `config`'s Classifier (its dataset's classes) and the spec of its views."""
   spec = experiment.images_for(config, view_config=config.semi.weak)
   network = experiment.Network(
-      lambda rngs: Classifier(config, spec.view_shape, info.num_classes, rngs=rngs),
+      lambda rngs: Classifier(config, spec.view_shape, spec.num_classes, rngs=rngs),
       config.model.dtype)
-  weak_views, strong_views = config.semi.weak, config.semi.strong
+  return network, spec
+
+
+def ema_model(network: experiment.Network, variables: dict) -> Classifier:
+  """The evaluated model: the EMA of the parameters with the current batch statistics."""
+  return network.merge(variables["ema"]["params"], variables["ema"]["batch_stats"])
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean cross-entropy of logits [B, C] against integer labels [B] or soft targets [B, C]."""
+  log_probs = jax.nn.log_softmax(logits)
+  if targets.ndim == 1:
+    return jnp.mean(-jnp.take_along_axis(log_probs, targets[:, None], axis=-1))
+  return jnp.mean(-jnp.sum(targets * log_probs, axis=-1))
+
+
+def ema_classifier_method(config, network: experiment.Network, spec: experiment.Images,
+                          loss: Callable, *, init_state: Callable[[], dict] | None = None
+                          ) -> Method:
+  """The Method of a Classifier trained by ``loss(params, variables, batch, rng)`` (the
+  `Method.loss` contract; its state carries ``batch_stats`` and ``ema`` through), whose
+  variables hold the model (``params``, ``batch_stats``), its EMA (``ema``), which
+  `Method.apply` (features) and ``predict`` (logits) evaluate, and ``init_state()``'s entries
+  (a method's own state). The EMA follows the parameters with momentum semi.ema_momentum and
+  copies the batch statistics (USB's EMA)."""
 
   def init(rng, batch):
     del batch
@@ -145,14 +172,40 @@ def semi_supervised_method(config, objective: Objective | None = None, *,
       variables.update(init_state())
     return variables
 
-  def ema_model(variables):
-    return network.merge(variables["ema"]["params"], variables["ema"]["batch_stats"])
-
   def apply(variables, images):
-    return ema_model(variables)(spec.for_eval(images), train=False)[0]
+    return ema_model(network, variables)(spec.for_eval(images), train=False)[0]
 
   def predict(variables, images):
-    return ema_model(variables)(spec.for_eval(images), train=False)[1]
+    return ema_model(network, variables)(spec.for_eval(images), train=False)[1]
+
+  def after_update(params, state, step):
+    del step
+    m = config.semi.ema_momentum
+    averaged = {"params": ema.ema_update(state["ema"]["params"], params, m),
+                "batch_stats": state["batch_stats"]}
+    return {**state, "ema": averaged}, {}
+
+  return Method(init=init, apply=apply, loss=loss, after_update=after_update, predict=predict,
+                param_axes=network.param_axes)
+
+
+def semi_supervised_method(config, objective: Objective | None = None, *,
+                           init_state: Callable[[], dict] | None = None, strong: bool = True,
+                           teacher: bool = False) -> Method:
+  """The Method of a classifier trained on the labelled cross-entropy plus
+  ``unsup_ramp * objective(...)`` on the unlabelled images (`ema_classifier_method`).
+
+  One forward pass through the model takes the labelled weak views, the unlabelled weak views
+  and (``strong``) the unlabelled strong views together, so BatchNorm's statistics are of all of
+  them (USB's ``use_cat``). ``teacher``: the objective also gets the EMA model's logits of
+  another weak view of each unlabelled image (Mean Teacher), BatchNorm in training mode as in
+  USB. ``init_state() -> dict``: the
+  objective's own entries of the variables (FlexMatch's per-example state), which it returns
+  updated.
+  """
+  check_config(config)
+  network, spec = classifier(config)
+  weak_views, strong_views = config.semi.weak, config.semi.strong
 
   def loss(params, variables, batch, rng):
     keys = jax.random.split(rng, 4)
@@ -166,8 +219,7 @@ def semi_supervised_method(config, objective: Objective | None = None, *,
     sizes = [p.shape[0] for p in parts]
     logits = jnp.split(logits, [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)])
     labelled = logits[0]
-    sup_loss = jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(labelled), batch["label"][:, None],
-                                             axis=-1))
+    sup_loss = cross_entropy(labelled, batch["label"])
     metrics = {"train/sup_loss": sup_loss,
                "train/labelled_top1": jnp.mean(jnp.argmax(labelled, -1) == batch["label"])}
     state = {"batch_stats": experiment.Network.batch_stats(model), "ema": variables["ema"]}
@@ -176,9 +228,11 @@ def semi_supervised_method(config, objective: Objective | None = None, *,
       own = {k: v for k, v in variables.items() if k not in ("params", "batch_stats", "ema",
                                                              "step")}
       teacher_logits = None
-      if teacher:
-        images = spec.normalize(parts[1])
-        teacher_logits = jax.lax.stop_gradient(ema_model(variables)(images, train=True)[1])
+      if teacher:  # its own weak view of the unlabelled images
+        views = augment.augment_batch(jax.random.fold_in(rng, 4), batch["unlabelled_image"],
+                                      weak_views)
+        teacher_logits = jax.lax.stop_gradient(
+            ema_model(network, variables)(spec.normalize(views), train=True)[1])
       u = Unlabelled(weak=logits[1], strong=logits[2] if strong else None,
                      teacher=teacher_logits, batch=batch, state=own, step=variables["step"])
       unsup_loss, unsup_metrics, own = objective(u)
@@ -189,13 +243,4 @@ def semi_supervised_method(config, objective: Objective | None = None, *,
       state.update(own)
     return total, {"metrics": metrics, "state": state}
 
-  def after_update(params, state, step):
-    del step
-    m = config.semi.ema_momentum
-    averaged = {"params": ema.ema_update(state["ema"]["params"], params, m),
-                "batch_stats": state["batch_stats"]}
-    return {**state, "ema": averaged}, {}
-
-  return Method(init=init, apply=apply, loss=loss, after_update=after_update, predict=predict,
-                param_axes=network.param_axes)
-
+  return ema_classifier_method(config, network, spec, loss, init_state=init_state)

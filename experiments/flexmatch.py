@@ -12,7 +12,7 @@ from sslx.method import Method
 
 def get_method(config) -> Method:
   _semisup.check_threshold("loss.threshold", config.loss.threshold)
-  _, num_unlabelled = _semisup.split_sizes(config)
+  num_unlabelled = _semisup.num_unlabelled(config)
   kwargs = {"warmup": config.loss.threshold_warmup, "mapping": config.loss.mapping}
 
   def objective(u: _semisup.Unlabelled):

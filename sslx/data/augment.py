@@ -95,11 +95,14 @@ def _check_rank_and_channels(x, name: str, rank: int):
       f"in shape {tuple(x.shape)}")
 
 
-def _check_image(image, name: str = "image"):
+def check_image(image, name: str = "image"):
+  """A ValueError naming `name` unless `image` is one [H, W, C] image (ops and their checks
+  are shared with sslx.data.randaugment and views)."""
   _check_rank_and_channels(image, name, 3)
 
 
-def _check_batch(images, name: str = "images"):
+def check_batch(images, name: str = "images"):
+  """A ValueError naming `name` unless `images` is a [B, H, W, C] batch."""
   if getattr(images, "ndim", None) == 5:
     raise ValueError(
       f"{name}: got views already cropped from the full images on the host, [B, V, h, w, C]"
@@ -108,13 +111,15 @@ def _check_batch(images, name: str = "images"):
   _check_rank_and_channels(images, name, 4)
 
 
-def _check_prob(name: str, value):
+def check_prob(name: str, value):
+  """`value` as a float in [0, 1], or a ValueError naming `name`."""
   if not _is_static_number(value) or not 0.0 <= float(value) <= 1.0:
     raise ValueError(f"{name}: expected a probability (a number in [0, 1]), got {value!r}")
   return float(value)
 
 
-def _check_nonneg(name: str, value, upper=None):
+def check_nonneg(name: str, value, upper=None):
+  """`value` as a float >= 0 (and <= `upper`), or a ValueError naming `name`."""
   ok = _is_static_number(value) and float(value) >= 0.0
   if ok and upper is not None:
     ok = float(value) <= upper
@@ -156,7 +161,8 @@ def _check_size(name: str, size):
   return int(h), int(w)
 
 
-def _to_float(image):
+def to_float(image):
+  """uint8 or float image(s) -> float32 in [0, 1]."""
   if image.dtype == jnp.uint8:
     return image.astype(jnp.float32) / 255.0
   if not jnp.issubdtype(image.dtype, jnp.floating):
@@ -292,7 +298,7 @@ def random_resized_crop(key, image, *, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0
     float32 [size, size, C] in [0, 1]. The resize is bilinear with antialiasing when
     shrinking (weights as ``jax.image.scale_and_translate`` with ``method="linear"``).
   """
-  _check_image(image)
+  check_image(image)
   return _random_op(key, image, RandomResizedCrop(size=_check_size("size", size), scale=scale,
                                                   ratio=ratio))
 
@@ -303,8 +309,8 @@ def random_resized_crop(key, image, *, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0
 
 def random_flip(key, image, *, prob: float = 0.5):
   """Flips the image horizontally (``image[:, ::-1]``) with probability ``prob``."""
-  _check_image(image)
-  return _random_op(key, image, Flip(p=_check_prob("prob", prob)))
+  check_image(image)
+  return _random_op(key, image, Flip(p=check_prob("prob", prob)))
 
 
 # ----------------------------------------------------------------------------------
@@ -466,17 +472,17 @@ def color_jitter(
   order drawn per call (per example under vmap); otherwise in the fixed order
   brightness, contrast, saturation, hue.
   """
-  _check_image(image)
+  check_image(image)
   return _random_op(key, image, ColorJitter(brightness, contrast, saturation, hue,
-                                            p=_check_prob("prob", prob),
+                                            p=check_prob("prob", prob),
                                             random_order=bool(random_order)))
 
 
 def random_grayscale(key, image, *, prob: float):
   """With probability ``prob``, replaces an RGB image by its luma (0.299 R + 0.587 G +
   0.114 B) replicated to 3 channels. Identity for C == 1."""
-  _check_image(image)
-  return _random_op(key, image, Grayscale(p=_check_prob("prob", prob)))
+  check_image(image)
+  return _random_op(key, image, Grayscale(p=check_prob("prob", prob)))
 
 
 # ----------------------------------------------------------------------------------
@@ -533,15 +539,15 @@ def gaussian_blur(key, image, *, prob: float, sigma=(0.1, 2.0), kernel_size=None
   (edge-padded if the kernel is wider than the image) and the kernel sums to 1, so a
   constant image stays constant.
   """
-  _check_image(image)
-  return _random_op(key, image, Blur(p=_check_prob("prob", prob), sigma=sigma,
+  check_image(image)
+  return _random_op(key, image, Blur(p=check_prob("prob", prob), sigma=sigma,
                                      kernel_size=kernel_size))
 
 
 def solarize(key, image, *, prob: float, threshold: float = 0.5):
   """With probability ``prob``, pixels >= ``threshold`` become ``1 - pixel``."""
-  _check_image(image)
-  return _random_op(key, image, Solarize(p=_check_prob("prob", prob), threshold=threshold))
+  check_image(image)
+  return _random_op(key, image, Solarize(p=check_prob("prob", prob), threshold=threshold))
 
 
 # ----------------------------------------------------------------------------------
@@ -601,8 +607,8 @@ def random_rotate(key, image, *, degrees, prob: float = 1.0):
   Garrido et al. 2023) and rotation prediction (RotNet, Gidaris et al. 2018). The output
   keeps the input's shape.
   """
-  _check_image(image)
-  return _random_op(key, image, Rotate(degrees, p=_check_prob("prob", prob)))
+  check_image(image)
+  return _random_op(key, image, Rotate(degrees, p=check_prob("prob", prob)))
 
 
 # ----------------------------------------------------------------------------------
@@ -716,7 +722,7 @@ class Flip(_GatedOp):
   n_uniforms = _N_FLIP
 
   def __init__(self, p=0.5):
-    self.p = _check_prob("p", p)
+    self.p = check_prob("p", p)
     super().__init__(p=self.p)
 
   def sample(self, u, shape):
@@ -741,11 +747,11 @@ class ColorJitter(_GatedOp):
 
   def __init__(self, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8,
                random_order=True):
-    self.strengths = (_check_nonneg("brightness", brightness),
-                      _check_nonneg("contrast", contrast),
-                      _check_nonneg("saturation", saturation),
-                      _check_nonneg("hue", hue, upper=0.5))
-    self.p = _check_prob("p", p)
+    self.strengths = (check_nonneg("brightness", brightness),
+                      check_nonneg("contrast", contrast),
+                      check_nonneg("saturation", saturation),
+                      check_nonneg("hue", hue, upper=0.5))
+    self.p = check_prob("p", p)
     if not isinstance(random_order, (bool, np.bool_)):
       raise ValueError(f"random_order: expected True or False, got {random_order!r}")
     self.random_order = bool(random_order)
@@ -775,7 +781,7 @@ class Grayscale(_GatedOp):
   n_uniforms = _N_GRAY
 
   def __init__(self, p=0.2):
-    self.p = _check_prob("p", p)
+    self.p = check_prob("p", p)
     super().__init__(p=self.p)
 
   def sample(self, u, shape):
@@ -798,7 +804,7 @@ class Blur(_GatedOp):
   n_uniforms = _N_BLUR
 
   def __init__(self, p=0.5, sigma=(0.1, 2.0), kernel_size=None):
-    self.p = _check_prob("p", p)
+    self.p = check_prob("p", p)
     self.sigma = _check_range("sigma", sigma, 0.0)
     if kernel_size is not None:
       kernel_size = _check_kernel_size(kernel_size, 1, 1)
@@ -824,8 +830,8 @@ class Solarize(_GatedOp):
   n_uniforms = _N_SOLARIZE
 
   def __init__(self, p=0.2, threshold=0.5):
-    self.p = _check_prob("p", p)
-    self.threshold = _check_nonneg("threshold", threshold, upper=1.0)
+    self.p = check_prob("p", p)
+    self.threshold = check_nonneg("threshold", threshold, upper=1.0)
     super().__init__(p=self.p, threshold=self.threshold)
 
   def sample(self, u, shape):
@@ -844,7 +850,7 @@ class Rotate(_GatedOp):
 
   def __init__(self, degrees, p=1.0):
     self.degrees = _check_degrees(degrees)
-    self.p = _check_prob("p", p)
+    self.p = check_prob("p", p)
     super().__init__(degrees=self.degrees, p=self.p)
 
   def sample(self, u, shape):
@@ -967,11 +973,11 @@ class Pipeline:
 
   def from_uniforms(self, u, image, *, return_params: bool = False):
     """As ``__call__`` with the uniforms drawn by the caller: ``u`` [n_uniforms] in [0, 1)."""
-    _check_image(image)
+    check_image(image)
     if self.n_uniforms and (u is None or u.shape != (self.n_uniforms,)):
       raise ValueError(f"u: expected shape ({self.n_uniforms},), got "
                        f"{None if u is None else u.shape}")
-    x = _to_float(image)
+    x = to_float(image)
     params, start = {}, 0
     for name, op in zip(self.param_names, self.ops):
       x, params[name] = op.random(u[start:start + op.n_uniforms] if op.n_uniforms else u, x)
@@ -980,11 +986,11 @@ class Pipeline:
 
   def apply(self, image, params):
     """Replays ``params`` (as returned by ``__call__``) on one image, deterministically."""
-    _check_image(image)
+    check_image(image)
     if not isinstance(params, Mapping) or set(params) != set(self.param_names):
       got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
       raise ValueError(f"params: expected a dict with keys {list(self.param_names)}, got {got}")
-    x = _to_float(image)
+    x = to_float(image)
     for name, op in zip(self.param_names, self.ops):
       x = op.apply(x, params[name])
     return x
@@ -1038,10 +1044,10 @@ def _resolve_config(config: Mapping[str, Any] | None) -> dict:
   cfg["crop_scale"] = _check_range("crop_scale", cfg["crop_scale"], 0.0, 1.0)
   cfg["crop_ratio"] = _check_range("crop_ratio", cfg["crop_ratio"], 0.0)
   for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
-    cfg[name] = _check_prob(name, cfg[name])
+    cfg[name] = check_prob(name, cfg[name])
   for name in ("brightness", "contrast", "saturation"):
-    cfg[name] = _check_nonneg(name, cfg[name])
-  cfg["hue"] = _check_nonneg("hue", cfg["hue"], upper=0.5)
+    cfg[name] = check_nonneg(name, cfg[name])
+  cfg["hue"] = check_nonneg("hue", cfg["hue"], upper=0.5)
   return cfg
 
 
@@ -1079,7 +1085,7 @@ def augment_view(key, image, config=None, *, return_params: bool = False):
   Returns float32 [h, w, C] (h, w from the crop size; the input's when it is None), and with
   ``return_params`` also the params dict (see `Pipeline`).
   """
-  _check_image(image)
+  check_image(image)
   return make_pipeline(config)(key, image, return_params=return_params)
 
 
@@ -1090,7 +1096,7 @@ def augment_batch(key, images, config=None, *, return_params: bool = False):
   The per-example keys come from the one key, never from device ids, so under jit with
   ``images`` sharded along a mesh axis the result equals the unsharded one.
   """
-  _check_batch(images)
+  check_batch(images)
   pipeline = make_pipeline(config)
   keys = jax.random.split(key, images.shape[0])
   return jax.vmap(lambda k, x: pipeline(k, x, return_params=return_params))(keys, images)
@@ -1131,7 +1137,7 @@ def augment_views(key, images, configs, *, return_params: bool = False):
     return [augment_batch(jax.random.fold_in(key, i), images[:, i],
                           without_crop(c, images.shape[2:4]), return_params=return_params)
             for i, c in enumerate(configs)]
-  _check_batch(images)
+  check_batch(images)
   if isinstance(configs, (str, Pipeline, Mapping)) or hasattr(configs, "to_dict"):
     raise ValueError(
       "configs: expected a sequence of view configs (one per view), got a single "
@@ -1142,4 +1148,3 @@ def augment_views(key, images, configs, *, return_params: bool = False):
     raise ValueError("configs: expected at least one view config, got an empty sequence")
   return [augment_batch(jax.random.fold_in(key, i), images, c, return_params=return_params)
           for i, c in enumerate(configs)]
-

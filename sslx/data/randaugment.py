@@ -66,8 +66,8 @@ def _from_levels(levels):
 
 
 def _prepare(image):
-  augment._check_image(image)
-  return augment._to_float(image)
+  augment.check_image(image)
+  return augment.to_float(image)
 
 
 def _luma_levels(levels):
@@ -416,7 +416,7 @@ def _apply_ops(image, op, magnitude, names=RANDAUGMENT_OPS):
 
 
 def _check_fraction(name, value):
-  return augment._check_nonneg(name, value, upper=1.0)
+  return augment.check_nonneg(name, value, upper=1.0)
 
 
 def _reflect_index(i, n: int):
@@ -445,7 +445,7 @@ class Translate(augment.AugmentOp):
 
   def __init__(self, fraction=0.125, p=1.0):
     self.fraction = _check_fraction("fraction", fraction)
-    self.p = augment._check_prob("p", p)
+    self.p = augment.check_prob("p", p)
     super().__init__(fraction=self.fraction, p=self.p)
 
   def pads(self, shape):

@@ -487,6 +487,37 @@ def labelled_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
   return np.sort(np.concatenate(chosen))
 
 
+UNLABELLED_SETS = ("all", "others")
+
+
+def unlabelled_indices(num_examples: int, labelled: np.ndarray, unlabelled: str) -> np.ndarray:
+  """The unlabelled set of a semi-supervised run: every example (``"all"``, as USB) or those
+  not in ``labelled`` (``"others"``)."""
+  if unlabelled not in UNLABELLED_SETS:
+    raise ValueError(f"unlabelled: expected one of {UNLABELLED_SETS}, got {unlabelled!r}")
+  if unlabelled == "all":
+    return np.arange(num_examples)
+  return np.setdiff1d(np.arange(num_examples), labelled)
+
+
+def semi_supervised_split(labels: np.ndarray, per_class: int, seed: int,
+                          unlabelled: str = "all") -> tuple[np.ndarray, np.ndarray]:
+  """(labelled, unlabelled) indices of a semi-supervised run on a split with these ``labels``:
+  ``labelled_subset`` among the examples that have a label (>= 0; -1 marks none) and
+  ``unlabelled_indices``. No labelled example at all is an error."""
+  labels = np.asarray(labels)
+  has_label = np.flatnonzero(labels >= 0)
+  if has_label.size == 0:
+    raise ValueError("no training example has a label (all are -1); a semi-supervised method "
+                     "needs some")
+  labelled = has_label[labelled_subset(labels[has_label], per_class, seed)]
+  unlabelled_set = unlabelled_indices(len(labels), labelled, unlabelled)
+  if unlabelled_set.size == 0:
+    raise ValueError(f"unlabelled={unlabelled!r} leaves no unlabelled example (all "
+                     f"{len(labels)} are labelled)")
+  return labelled, unlabelled_set
+
+
 # No official split exists for the digits; this one is fixed forever (changing it would be a new
 # builder VERSION).
 DIGITS_TEST_FRACTION = 0.2

@@ -117,7 +117,7 @@ def multi_crop(key, images, config=None, *, return_params: bool = False):
     ``pipeline_j.from_uniforms(u[j, i, :pipeline_j.n_uniforms], images[i])``. The draw
     does not depend on how the batch is sharded, so a sharded batch gives the same views.
   """
-  augment._check_batch(images)
+  augment.check_batch(images)
   config = DINO_MULTICROP if config is None else config
   groups = multi_crop_pipelines(config)
   batch = images.shape[0]

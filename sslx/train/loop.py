@@ -129,8 +129,10 @@ def train(config, workdir: str, *,
 
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
+  epoch_size = len(train_source)  # images a train/epoch counts: the unlabelled ones in semi
   if is_semi_supervised(config):
     labelled, unlabelled = semi_supervised_split(config, workdir)
+    epoch_size = len(unlabelled)
     data_iter = pipeline.semi_supervised_iterator(
         train_source, labelled=labelled, unlabelled=unlabelled,
         global_batch_size=config.batch_size, uratio=config.semi.uratio, seed=config.seed,
@@ -216,7 +218,7 @@ def train(config, workdir: str, *,
                                            / (now - last_log[1]))
         # Epochs of the training images: of the unlabelled stream in a semi-supervised run.
         summary["train/epoch"] = done * config.batch_size * (
-            config.semi.uratio if is_semi_supervised(config) else 1) / len(train_source)
+            config.semi.uratio if is_semi_supervised(config) else 1) / epoch_size
         summary["train/nonfinite_steps"] = int(state.nonfinite_steps)  # since step 0
         last_log = (done, now)
         writer.write(done, summary)
@@ -312,23 +314,19 @@ def semi_supervised_split(config, workdir: str) -> tuple[np.ndarray, np.ndarray]
   saved = json.loads(record.read_text()) if record.exists() else {}
   if saved and all(saved.get(k) == v for k, v in defining.items()):
     labelled = np.asarray(saved["labelled"], np.int64)
-  else:  # a new run (or a workdir left by a run of other settings that never checkpointed)
-    has_label = np.flatnonzero(labels >= 0)
-    if has_label.size == 0:
-      raise ValueError(f"data.name={config.data.name!r}: no training example has a label "
-                       "(all are -1); a semi-supervised method needs some")
-    try:
-      labelled = has_label[sources.labelled_subset(labels[has_label],
-                                                   config.semi.labels_per_class, config.seed)]
-    except ValueError as e:
-      raise ValueError(f"semi.labels_per_class={config.semi.labels_per_class} on "
-                       f"{config.data.name!r}: {e}") from None
-    if jax.process_index() == 0:
-      record.write_text(json.dumps({**defining, "labelled": labelled.tolist()}))
-  if config.semi.unlabelled == "all":
-    unlabelled = np.arange(len(labels))
-  else:
-    unlabelled = np.setdiff1d(np.arange(len(labels)), labelled)
+    return labelled, sources.unlabelled_indices(len(labels), labelled, config.semi.unlabelled)
+  # A new run, or a workdir left by a run of other settings that never checkpointed (one that did
+  # is refused earlier, by _check_same_run).
+  try:
+    labelled, unlabelled = sources.semi_supervised_split(
+        labels, config.semi.labels_per_class, config.seed, config.semi.unlabelled)
+  except ValueError as e:
+    raise ValueError(f"semi.labels_per_class={config.semi.labels_per_class} on "
+                     f"{config.data.name!r}: {e}") from None
+  if jax.process_index() == 0:  # written whole, then renamed: other processes never read half
+    partial = epath.Path(f"{record}.partial")
+    partial.write_text(json.dumps({**defining, "labelled": labelled.tolist()}))
+    partial.replace(record)
   return labelled, unlabelled
 
 

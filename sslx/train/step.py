@@ -10,6 +10,13 @@ from sslx.method import Method
 from sslx.train.state import TrainState
 
 
+def _float_leaves(tree) -> list:
+  """The floating-point leaves of `tree`: the ones that can turn non-finite. Integer state (a
+  queue pointer, FlexMatch's class per unlabelled image) is left out: its squares would wrap
+  around in int32 and read as NaN in a global norm."""
+  return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
 def make_train_step(method: Method, tx: optax.GradientTransformation, schedule, *,
                     state_sharding, batch_sharding, metric_sharding):
   """Returns `train_step(state, batch) -> (state, metrics)`, jitted with the given shardings.
@@ -32,7 +39,7 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, schedule, 
     # the new parameters themselves would read each update twice and make XLA keep both.)
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
               & jnp.isfinite(optax.global_norm(updates))
-              & jnp.isfinite(optax.global_norm(aux["state"])))
+              & jnp.isfinite(optax.global_norm(_float_leaves(aux["state"]))))
 
     def keep(new, old):
       return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

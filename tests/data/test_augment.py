@@ -522,7 +522,7 @@ def test_register_augmentation():
     n_uniforms = 1
 
     def __init__(self, p=1.0):
-      self.p = A._check_prob("p", p)
+      self.p = A.check_prob("p", p)
       super().__init__(p=self.p)
 
     def sample(self, u, shape):

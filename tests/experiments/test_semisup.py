@@ -20,24 +20,17 @@ from sslx.train import loop
 from sslx.train.metrics import read_metrics
 from sslx.train.state import TrainState
 from sslx.train.step import make_train_step
+from tests.train.helpers import set_fields
 
 SEMI_METHODS = ("supervised", "pseudo_label", "mean_teacher", "fixmatch", "flexmatch", "freematch",
-                "softmatch")
+                "softmatch", "mixmatch", "pseudo_label_mixup")
 
 
 def semi_config(method, data_dir=None, variant="fashion_mnist,smoke", **overrides):
   config = importlib.import_module(f"configs.{method}").get_config(variant)
-  with config.unlocked():
-    if data_dir is not None:
-      config.data.data_dir = data_dir
-      config.data.allow_download = False
-    for key, value in overrides.items():
-      *parents, leaf = key.split(".")
-      node = config
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return config
+  if data_dir is not None:
+    overrides = {"data.data_dir": data_dir, "data.allow_download": False, **overrides}
+  return set_fields(config, overrides)
 
 
 def fixed_semi_batch(labelled=16, uratio=2, seed=0):
@@ -71,7 +64,7 @@ def test_method_learns_on_a_fixed_batch(name, monkeypatch):
   if "threshold" in config.loss:
     config.loss.threshold = 0.3
   # FlexMatch's state has a row per unlabelled image: 32 here instead of the dataset's 60000.
-  monkeypatch.setattr("experiments._semisup.split_sizes", lambda config: (32, 32))
+  monkeypatch.setattr("experiments._semisup.num_unlabelled", lambda config: 32)
   method = loop.get_method(config)
   batch = fixed_semi_batch()
   variables = dict(method.init(jax.random.PRNGKey(0), batch))
@@ -102,12 +95,17 @@ def test_method_learns_on_a_fixed_batch(name, monkeypatch):
   if name == "supervised":
     assert "train/unsup_loss" not in history[-1]
   else:
-    assert np.isfinite([m["train/unsup_loss"] for m in history]).all()
+    unsup = "train/mixup_loss" if name == "pseudo_label_mixup" else "train/unsup_loss"
+    assert np.isfinite([m[unsup] for m in history]).all()
     if "threshold" in config.loss:
       assert history[-1]["train/mask_rate"] > 0
-  if name in ("pseudo_label", "mean_teacher"):  # weight ramped linearly over 40% of 10 steps
+  if name in ("pseudo_label", "mean_teacher", "mixmatch"):  # ramped over 40% of 10 steps
     np.testing.assert_allclose([m["train/unsup_weight"] for m in history[:5]],
                                config.semi.unsup_weight * np.array([0, 0.25, 0.5, 0.75, 1]))
+  for key in set(state.model_state) - {"batch_stats", "ema"}:  # the method's own state moved
+    before, after = initial.model_state[key], state.model_state[key]
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(before), jax.tree.leaves(after), strict=True)), key
   if name == "flexmatch":  # confident examples are recorded by their position
     status = np.asarray(state.model_state["flexmatch"])
     assert status.shape == (32,) and (status >= 0).any()
@@ -147,6 +145,34 @@ def test_flexmatch_on_eight_devices_resumes_exactly_and_evaluates(fashion_mnist_
   assert 0.0 <= row["classifier_top1"] <= 1.0 and "classifier" in results["protocol"]
 
 
+def test_mixmatch_sharpen_and_mixup_against_numpy():
+  from experiments import _semisup, mixmatch
+  rng = np.random.default_rng(0)
+  probs = rng.dirichlet(np.ones(5), size=4)
+  expected = probs ** 2 / np.sum(probs ** 2, axis=-1, keepdims=True)  # T = 0.5
+  np.testing.assert_allclose(mixmatch.sharpen(jnp.asarray(probs), 0.5), expected, rtol=1e-5)
+  np.testing.assert_allclose(mixmatch.sharpen(jnp.asarray(probs), 1.0), probs, rtol=1e-5)
+
+  x = rng.normal(size=(8, 3)).astype(np.float32)
+  for own_majority in (True, False):
+    mixed_x, perm, lam = map(np.asarray, _semisup.mixup(jax.random.PRNGKey(3), x, 0.5,
+                                                        own_majority=own_majority))
+    assert sorted(perm.tolist()) == list(range(8)) and 0.0 < lam < 1.0
+    assert lam >= 0.5 or not own_majority
+    np.testing.assert_allclose(mixed_x, lam * x + (1 - lam) * x[perm], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, overrides, match", [
+    ("mixmatch", {"loss.temperature": 0.0}, r"loss.temperature must be in \(0, 1\].*got 0.0"),
+    ("mixmatch", {"loss.mixup_alpha": -1.0}, r"loss.mixup_alpha must be > 0.*got -1.0"),
+    ("pseudo_label_mixup", {"loss.labelled_only_fraction": 1.0},
+     r"loss.labelled_only_fraction must be in \[0, 1\), got 1.0"),
+])
+def test_mixup_methods_refuse_bad_settings(name, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    loop.get_method(semi_config(name, **overrides))
+
+
 @pytest.mark.parametrize("overrides, match", [
     ({"semi.labels_per_class": 7001},
      r"semi.labels_per_class=7001 on 'fashion_mnist': 7001 labels per class asked, but classes "
@@ -155,6 +181,8 @@ def test_flexmatch_on_eight_devices_resumes_exactly_and_evaluates(fashion_mnist_
     ({"loss.threshold": 1.0}, r"loss.threshold must be in \(0, 1\), got 1.0"),
     ({"semi.strong": "flip|randaugment|blurr(3)"}, "semi.strong=.*unknown augmentation op 'blurr'"),
     ({"semi.unlabelled": "some"}, "semi.unlabelled must be one of"),
+    ({"semi.strong": "random_resized_crop(24)|flip"},
+     r"semi.weak and semi.strong must give views of one size, got \(28, 28\) and \(24, 24\)"),
 ])
 def test_bad_semi_supervised_settings_fail_before_training(fashion_mnist_dir, tmp_path,
                                                            overrides, match):
@@ -168,3 +196,19 @@ def test_a_dataset_without_labels_is_refused(fashion_mnist_dir, tmp_path, monkey
   monkeypatch.setattr(sources, "split_labels", lambda *a, **k: np.full(100, -1))
   with pytest.raises(ValueError, match="no training example has a label"):
     loop.semi_supervised_split(semi_config("fixmatch", fashion_mnist_dir), str(tmp_path))
+
+
+def test_the_recorded_split_is_what_a_resumed_run_reads(fashion_mnist_dir, tmp_path, monkeypatch):
+  config = semi_config("fixmatch", fashion_mnist_dir, **{"semi.unlabelled": "others"})
+  labelled, unlabelled = loop.semi_supervised_split(config, str(tmp_path))
+  assert len(labelled) == 40 and len(unlabelled) == 60000 - 40
+  assert not np.isin(labelled, unlabelled).any()
+  assert json.loads((tmp_path / loop.SPLIT_FILE).read_text())["labelled"] == labelled.tolist()
+
+  def no_new_draw(*args, **kwargs):
+    raise AssertionError("the split must be read back, not drawn again")
+
+  monkeypatch.setattr(sources, "labelled_subset", no_new_draw)
+  again, unlabelled_again = loop.semi_supervised_split(config, str(tmp_path))
+  np.testing.assert_array_equal(again, labelled)
+  np.testing.assert_array_equal(unlabelled_again, unlabelled)

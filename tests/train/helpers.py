@@ -10,11 +10,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SMOKE = os.path.join(REPO, "configs", "simclr.py") + ":smoke"
 
 
-def smoke_config(data_dir, method="simclr", **overrides):
-  import importlib
-  config = importlib.import_module(f"configs.{method}").get_config("smoke")
-  config.data.data_dir = data_dir
-  config.data.allow_download = False
+def set_fields(config, overrides: dict):
+  """Sets dotted fields ({"optim.lr": 0.1}) of an ml_collections config, new ones included."""
   with config.unlocked():
     for key, value in overrides.items():
       node = config
@@ -23,6 +20,14 @@ def smoke_config(data_dir, method="simclr", **overrides):
         node = node[p]
       node[leaf] = value
   return config
+
+
+def smoke_config(data_dir, method="simclr", **overrides):
+  import importlib
+  config = importlib.import_module(f"configs.{method}").get_config("smoke")
+  config.data.data_dir = data_dir
+  config.data.allow_download = False
+  return set_fields(config, overrides)
 
 
 def with_teacher_moved(variables) -> dict:
@@ -52,8 +57,8 @@ def assert_teacher_follows_the_encoder(method, variables, momentum: float) -> No
                                atol=1e-7)
 
 
-def main_command(workdir, data_dir, *flags):
-  return [sys.executable, "-m", "sslx.main", f"--config={SMOKE}", f"--workdir={workdir}",
+def main_command(workdir, data_dir, *flags, config=SMOKE):
+  return [sys.executable, "-m", "sslx.main", f"--config={config}", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.data.allow_download=False", *flags]
 
 
@@ -65,8 +70,8 @@ def subprocess_env(num_devices=8):
   return env
 
 
-def run_main(workdir, data_dir, *flags, num_devices=8, timeout=600):
-  result = subprocess.run(main_command(workdir, data_dir, *flags), cwd=REPO,
+def run_main(workdir, data_dir, *flags, num_devices=8, timeout=600, config=SMOKE):
+  result = subprocess.run(main_command(workdir, data_dir, *flags, config=config), cwd=REPO,
                           env=subprocess_env(num_devices), capture_output=True, text=True,
                           timeout=timeout)
   assert result.returncode == 0, result.stderr[-4000:]

@@ -246,3 +246,30 @@ def test_same_seed_and_config_twice_are_bit_identical(fashion_mnist_dir, tmp_pat
   assert len(losses[0]) == config.total_steps
   np.testing.assert_array_equal(losses[0], losses[1])
   _assert_same_final_state(tmp_path / "a", tmp_path / "b", config.total_steps)
+
+
+def test_large_integer_state_does_not_read_as_non_finite():
+  """Integer state (FlexMatch's class per unlabelled image) whose sum of squares overflows
+  int32 must not make every step count as non-finite."""
+  import optax
+
+  from sslx.method import Method
+  from sslx.train.state import TrainState
+  from sslx.train.step import make_train_step
+
+  def loss(params, variables, batch, rng):
+    del batch, rng
+    return (params["w"] - 1.0) ** 2, {"metrics": {}, "state": {"status": variables["status"]}}
+
+  method = Method(init=None, apply=None, loss=loss)
+  status = jnp.full((2200,), 997, jnp.int32)  # sum of squares 2.19e9: negative in int32
+  tx = optax.sgd(0.1)
+  params = {"w": jnp.zeros(())}
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={"status": status},
+                     opt_state=tx.init(params), rng=jax.random.PRNGKey(0),
+                     nonfinite_steps=jnp.zeros((), jnp.int32))
+  step = make_train_step(method, tx, lambda s: 0.1, state_sharding=None, batch_sharding=None,
+                         metric_sharding=None)
+  state, _ = step(state, {})
+  assert int(state.nonfinite_steps) == 0
+  np.testing.assert_allclose(float(state.params["w"]), 0.2, rtol=1e-6)

@@ -145,17 +145,23 @@ def test_processes_train_evaluate_and_checkpoint_like_one_process(one_process, f
 
 def test_sigterm_to_one_host_stops_every_host_at_the_same_step(fashion_mnist_dir, tmp_path):
   """JAX's preemption service: the host that gets SIGTERM tells the others, they all save the
-  same step and exit 0, and the restarted hosts finish the run as one process does."""
+  same step and exit 0, and the restarted hosts finish the run as one process does. The run is
+  a semi-supervised one (FlexMatch), which carries the most state across a restart: both
+  streams of every host's iterator, the EMA model and the per-image state, replicated; the
+  labelled split is the same on 2 processes as on 1."""
   flags = ["--config.total_steps=60", "--config.checkpoint_every=10", "--config.log_every=1",
-           "--config.eval.enabled=False"]
-  run_main(tmp_path / "one", fashion_mnist_dir, *flags, num_devices=2)
+           "--config.eval.enabled=False", "--config.semi.labels_per_class=3",
+           "--config.loss.threshold=0.5"]
+  config = os.path.join(REPO, "configs", "flexmatch.py") + ":fashion_mnist,smoke"
+  run_main(tmp_path / "one", fashion_mnist_dir, *flags, config=config, num_devices=2)
 
   def commands():
     port = _free_port()
     return [main_command(tmp_path / "two", fashion_mnist_dir, *flags,
                          f"--config.distributed.coordinator_address=localhost:{port}",
                          "--config.distributed.num_processes=2",
-                         f"--config.distributed.process_id={i}") for i in range(2)]
+                         f"--config.distributed.process_id={i}", config=config)
+            for i in range(2)]
 
   procs = start_processes(commands(), subprocess_env(1))
   try:
@@ -179,3 +185,17 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step(fashion_mnist_dir
   losses = [[r["train/loss"] for r in read_metrics(str(tmp_path / d))] for d in ("one", "two")]
   assert len(losses[1]) == 60
   np.testing.assert_allclose(losses[1], losses[0], rtol=2e-5)
+  splits = [json.loads((tmp_path / d / loop.SPLIT_FILE).read_text()) for d in ("one", "two")]
+  assert splits[0] == splits[1]
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+  restored = []
+  for d in ("one", "two"):  # onto this process's devices (orbax needs target shardings)
+    config = cli.load_run_config(str(tmp_path / d))
+    checkpointer = Checkpointer(str(tmp_path / d))
+    restored.append(loop.restore_onto_mesh(config, loop.build_method(config), checkpointer, mesh))
+    checkpointer.close()
+  one, two = (r.model_state for r in restored)
+  np.testing.assert_array_equal(np.asarray(two["flexmatch"]), np.asarray(one["flexmatch"]))
+  for x, y in zip(jax.tree.leaves(one["ema"]), jax.tree.leaves(two["ema"]), strict=True):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+
