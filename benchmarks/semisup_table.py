@@ -153,8 +153,12 @@ def make_table(measured: list[dict]) -> tuple[str, dict]:
     lines.append("")
   steps = sorted({m["steps"] for m in measured})
   seconds = [m["seconds"] for m in measured]
-  lines.append(f"Budget per cell: {', '.join(map(str, steps))} steps of "
-               f"{measured[0]['batch'] if measured else '-'} images; "
+  # The uratio differs between methods; "supervised" reads no unlabelled image.
+  batches = {m["method"]: m["batch"] for m in measured if m["method"] != "supervised"}
+  usual = max(set(batches.values()), key=list(batches.values()).count) if batches else "-"
+  others = "; ".join(f"{ROW_NAMES[k]}: {v}" for k, v in batches.items() if v != usual)
+  lines.append(f"Budget per cell: {', '.join(map(str, steps))} steps of {usual} images"
+               f"{f' ({others})' if others else ''}; "
                f"{np.mean(seconds) / 60:.1f} min a cell on average (training and evaluation) on "
                f"{measured[0]['machine'] if measured else '-'}. Error of the EMA classifier on the "
                "whole test split.")

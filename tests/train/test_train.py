@@ -1,6 +1,7 @@
 """End-to-end training on the real Fashion-MNIST (smoke config): logging, checkpoints, results,
-equality on 1 and 8 devices, exact resume, and bad settings refused before any compute
-(faults: test_faults.py; several processes: test_multihost.py)."""
+sharding rules, and bad settings refused before any compute (faults: test_faults.py; several
+processes: test_multihost.py; 1 vs 8 devices and exact resume through the loop:
+tests/experiments/test_semisup.py, FlexMatch with its EMA model and per-image state)."""
 
 import json
 import os
@@ -64,31 +65,6 @@ def test_smoke_run_trains_checkpoints_logs_and_evaluates(fashion_mnist_dir, tmp_
   assert results["rows"]["raw pixels"]["knn_top1"] > 0.6
   assert results["rows"]["raw pixels"]["feature_dim"] == 28 * 28
   assert results["rows"]["SSL encoder"]["feature_dim"] == 16
-
-
-def test_ema_teacher_method_on_eight_devices_and_exact_resume(fashion_mnist_dir, tmp_path):
-  """BYOL through the loop: the teacher (Method.after_update) is checkpointed with the state, a
-  run resumed from step 3 ends bit-equal to the straight run, and 8 devices equal 1 (the loop's
-  1-vs-8-device check for a ResNet with BatchNorm; SimCLR's was a separate, slower test)."""
-  # LARS lr 1 (the fashion_mnist preset's 8 is tuned for 200 steps): at 8 the float
-  # reassociation of the 8-device reductions grows to ~5e-5 of the loss within 6 steps.
-  settings = {"eval.enabled": False, "total_steps": 6, "checkpoint_every": 3, "optim.lr": 1.0}
-  straight = loop.train(
-      smoke_config(fashion_mnist_dir, "byol", **settings, **{"mesh.num_devices": 1}),
-      str(tmp_path / "one"))["state"]
-  resumed_dir = tmp_path / "eight"
-  config = smoke_config(fashion_mnist_dir, "byol", **settings)
-  uninterrupted = jax.tree.map(np.asarray, loop.train(config, str(resumed_dir))["state"])
-  import shutil
-  shutil.rmtree(resumed_dir / "checkpoints" / "6")  # as if the run had stopped after step 3
-  resumed = loop.train(config, str(resumed_dir))["state"]
-  teacher, student = straight.model_state["teacher"]["params"], straight.params
-  assert not np.allclose(jax.tree.leaves(teacher)[0], jax.tree.leaves(student["encoder"])[0])
-  np.testing.assert_allclose(_losses(resumed_dir)[-6:], _losses(tmp_path / "one"), rtol=2e-5)
-  for x, y in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed)):
-    np.testing.assert_array_equal(x, np.asarray(y))
-  momenta = [r["train/ema_momentum"] for r in read_metrics(str(resumed_dir))]
-  assert 0.99 <= momenta[0] < momenta[-1] <= 1.0  # BYOL's cosine schedule from 0.99 to 1
 
 
 def test_vit_backbone_sharded_by_fsdp_rules_matches_replicated(fashion_mnist_dir, tmp_path):
