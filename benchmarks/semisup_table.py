@@ -153,7 +153,7 @@ def make_table(measured: list[dict]) -> tuple[str, dict]:
     lines.append("")
   steps = sorted({m["steps"] for m in measured})
   seconds = [m["seconds"] for m in measured]
-  # The uratio differs between methods; "supervised" reads no unlabelled image.
+  # The uratio differs between methods; "supervised" reads unlabelled images it does not use.
   batches = {m["method"]: m["batch"] for m in measured if m["method"] != "supervised"}
   usual = max(set(batches.values()), key=list(batches.values()).count) if batches else "-"
   others = "; ".join(f"{ROW_NAMES[k]}: {v}" for k, v in batches.items() if v != usual)

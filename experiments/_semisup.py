@@ -37,9 +37,9 @@ class Classifier(nnx.Module):
 
 class Unlabelled(NamedTuple):
   """What an unlabelled objective sees: the logits of the unlabelled images' weak and strong
-  views (``strong`` None for a method without one), the EMA teacher's logits of the weak views
-  (``teacher``, when the method asks for them), the batch, the method's own state (its entries of
-  the variables) and the step."""
+  views (``strong`` None for a method without one), the EMA teacher's logits of another weak
+  view of each (``teacher``, when the method asks for them), the batch, the method's own state
+  (its entries of the variables) and the step."""
 
   weak: jax.Array
   strong: jax.Array | None
@@ -102,11 +102,16 @@ def check_threshold(name: str, value) -> None:
 def num_unlabelled(config) -> int:
   """The number of unlabelled images of `config`'s run (the split `sslx.train.loop` draws): the
   rows of a per-example state such as FlexMatch's."""
+  check_config(config)
   info = sources.get_dataset_info(config.data.name)
   labels = sources.split_labels(config.data.name, info.train_split,
                                 **sources.source_kwargs(config.data))
-  _, unlabelled = sources.semi_supervised_split(labels, config.semi.labels_per_class,
-                                                config.seed, config.semi.unlabelled)
+  try:
+    _, unlabelled = sources.semi_supervised_split(labels, config.semi.labels_per_class,
+                                                  config.seed, config.semi.unlabelled)
+  except ValueError as e:  # worded as sslx.train.loop.semi_supervised_split words it
+    raise ValueError(f"semi.labels_per_class={config.semi.labels_per_class} on "
+                     f"{config.data.name!r}: {e}") from None
   return len(unlabelled)
 
 

@@ -14,7 +14,10 @@ label). As in the authors' code, a prediction is made on the un-mixed view with 
 training mode and no gradient, and becomes the label the next time the image is drawn (their
 code relabels at the end of each epoch: the same thing when each image is drawn once an epoch).
 The first loss.labelled_only_fraction of the run trains on the labelled images alone (the
-paper's warm-up, 10 of 400 epochs), while the soft labels are already recorded.
+paper's warm-up, 10 of 400 epochs) and records no soft label, so that the first ones come from
+the warmed-up network, as in the paper. An unlabelled batch that straddles an epoch boundary
+(when uratio x batch_size does not divide the unlabelled set) may hold an image twice; which of
+its two predictions is kept is then unspecified on GPU / TPU (as for FlexMatch's state).
 """
 
 import jax
@@ -72,7 +75,7 @@ def get_method(config) -> Method:
 
     # Warm-up on the labelled images alone, then on all; one branch runs a step.
     value, batch_stats = jax.lax.cond(
-        variables["step"] < warmup_steps,
+        variables["step"] < warmup_steps,  # (its gradient keeps both branches' residuals)
         lambda: mixed_loss(images[:num_labelled], targets[:num_labelled]),
         lambda: mixed_loss(images, targets))
     metrics = {"train/mixup_loss": value,
@@ -81,8 +84,12 @@ def get_method(config) -> Method:
                "train/soft_label_top1": jnp.mean(
                    jnp.argmax(predicted, -1) == jnp.argmax(soft_labels, -1)),
                "train/soft_labels_seen": jnp.mean(seen)}
+    # Nothing is recorded during the warm-up: as in the paper, the first labels come from the
+    # network at its end (an image first drawn after it is labelled by that step's prediction).
+    in_warmup = variables["step"] < warmup_steps
     state = {"batch_stats": batch_stats, "ema": variables["ema"],
-             "soft_labels": variables["soft_labels"].at[index].set(predicted, mode="drop")}
+             "soft_labels": variables["soft_labels"].at[index].set(
+                 jnp.where(in_warmup, recorded, predicted))}
     return value, {"metrics": metrics, "state": state}
 
   return _semisup.ema_classifier_method(config, network, spec, loss, init_state=init_state)
