@@ -249,7 +249,7 @@ def flexmatch(
   confidence, labels = _hard_pseudo_labels(logits_weak)
   # A one-hot product rather than thresholds[labels]: on an Explicit mesh, gathering from a
   # replicated table with batch-sharded indices has no unambiguous output sharding.
-  example_threshold = jnp.sum(jax.nn.one_hot(labels, thresholds.shape[0]) * thresholds, axis=-1)
+  example_threshold = _select(thresholds, labels)
   mask = (confidence >= example_threshold).astype(jnp.float32)
   per_example = _hard_cross_entropy(logits_strong, labels)
   loss = mean_across_devices(jnp.mean(per_example * mask), axis_name)
