@@ -44,3 +44,11 @@ def pytest_unconfigure(config):
   del config
   if os.environ.get("SSLX_TEST_CACHE_OWNER") == str(os.getpid()):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+  """The slow end-to-end tests first (stable otherwise): pytest-xdist hands tests out in this
+  order, and a four-minute multi-process test started last would leave the other worker idle
+  while it runs. Longest first keeps both CPUs busy to the end of the run."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -126,6 +126,7 @@ def test_bfloat16_step_keeps_parameters_optimizer_state_and_teacher_float32():
   assert all(moved)
 
 
+@pytest.mark.slow  # about a minute: started first (tests/conftest.py)
 def test_bfloat16_remat_scan_fused_attention_on_one_and_eight_devices():
   """SimCLR with a ViT under every accelerator option: the train step over 8 devices with an
   FSDP-sharded state follows the 1-device step. bfloat16 rounds differently once the reductions are split over devices, and NT-Xent's temperature

@@ -112,6 +112,7 @@ def test_method_learns_on_a_fixed_batch(name, monkeypatch):
     assert history[-1]["train/flexmatch_selected"] == np.mean(status >= 0)
 
 
+@pytest.mark.slow  # about a minute: started first (tests/conftest.py)
 def test_flexmatch_on_eight_devices_resumes_exactly_and_evaluates(fashion_mnist_dir, tmp_path):
   """Through the loop on real Fashion-MNIST: 8 devices follow 1; a run resumed from step 2
   ends bit-equal to the straight one (both iterators, the EMA model, FlexMatch's per-example

@@ -7,10 +7,12 @@ Fashion-MNIST images, B=16, kappa=4, 2 epochs.
 """
 
 import numpy as np
+import pytest
 
 from benchmarks import ema_scaling_rule
 
 
+@pytest.mark.slow  # about a minute: started first (tests/conftest.py)
 def test_rule_keeps_the_teacher_on_the_batch_B_trajectory(fashion_mnist_dir):
   images = ema_scaling_rule.fashion_mnist_images(256, data_dir=fashion_mnist_dir)
   result = ema_scaling_rule.compare(images, batch_size=16, kappa=4, epochs=2, lr=0.01,
