@@ -33,7 +33,12 @@ sys.path.insert(0, REPO)  # configs/ and experiments/ live in the checkout
 
 FLAGS = flags.FLAGS
 METHODS = ("supervised", "pseudo_label", "pseudo_label_mixup", "mean_teacher", "mixmatch",
-           "fixmatch", "flexmatch", "freematch", "softmatch")
+           "fixmatch", "flexmatch", "freematch", "softmatch", "simclrv2_finetune", "simclrv2")
+# SimCLRv2's pipeline (configs/simclrv2.py): a SimCLR pre-training per dataset and seed (its own
+# preset's steps, no labels), fine-tuned per label count (its preset: 60 epochs of the labelled
+# images), then distilled into the student for --steps like every other row. Its two rows are
+# the fine-tuned network (stage 2) and the student (stage 3).
+SIMCLRV2_STAGES = ("pretrain", "finetune", "distill")
 flags.DEFINE_list("methods", list(METHODS), "methods (rows)")
 flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"], "datasets")
 flags.DEFINE_list("labels", ["4", "25"], "labels per class (columns)")
@@ -51,42 +56,83 @@ README_END = "<!-- semisup-table:end -->"
 ROW_NAMES = {"supervised": "labels only", "pseudo_label": "Pseudo-Label",
              "pseudo_label_mixup": "soft Pseudo-Label + mixup",
              "mean_teacher": "Mean Teacher", "mixmatch": "MixMatch", "fixmatch": "FixMatch",
-             "flexmatch": "FlexMatch", "freematch": "FreeMatch", "softmatch": "SoftMatch"}
+             "flexmatch": "FlexMatch", "freematch": "FreeMatch", "softmatch": "SoftMatch",
+             "simclrv2_finetune": "SimCLRv2 fine-tuned (stage 2)",
+             "simclrv2": "SimCLRv2 distilled (stage 3)"}
 
 
 def cell_name(dataset: str, method: str, labels: int, seed: int) -> str:
   return f"{dataset}_{method}_{labels}_seed{seed}"
 
 
-def cell_config(dataset: str, method: str, labels: int, seed: int):
+def cell_config(dataset: str, method: str, labels: int, seed: int, stage: str | None = None):
+  """The config of a cell, or of one SimCLRv2 stage (`stage`) of a simclrv2 cell."""
   import importlib
-  config = importlib.import_module(f"configs.{method}").get_config(f"{dataset},labels={labels}")
+  if stage is None:
+    config = importlib.import_module(f"configs.{method}").get_config(
+        f"{dataset},labels={labels}")
+  else:
+    config = importlib.import_module("configs.simclrv2").get_config(
+        f"pretrain,{dataset}" if stage == "pretrain" else f"{stage},{dataset},labels={labels}")
   with config.unlocked():
     config.seed = seed
-    config.total_steps = FLAGS.steps
-    config.checkpoint_every = max(FLAGS.steps // 4, 1)
-    config.log_every = min(config.log_every, FLAGS.steps)
+    if stage in (None, "distill"):  # the other stages keep their presets' lengths
+      config.total_steps = FLAGS.steps
+    config.checkpoint_every = max(config.total_steps // 4, 1)
+    config.log_every = min(config.log_every, config.total_steps)
     config.progress_bar = False
     config.data.data_dir = FLAGS.data_dir
     # The classifier's error on the whole test split is the figure; the kNN bank (all the
     # training labels) is a side number, on 10,000 training images.
     config.eval.train_examples = 10000
+    if stage == "finetune":
+      config.simclrv2.pretrained = stage_workdir(dataset, "pretrain", labels, seed)
+    elif stage == "distill":
+      config.simclrv2.teacher = stage_workdir(dataset, "finetune", labels, seed)
   return config
+
+
+def stage_workdir(dataset: str, stage: str, labels: int, seed: int) -> str:
+  """A SimCLRv2 stage's run directory; the pre-training is shared by every label count."""
+  name = (f"{dataset}_simclrv2_pretrain_seed{seed}" if stage == "pretrain" else
+          cell_name(dataset, f"simclrv2_{stage}", labels, seed))
+  return os.path.join(FLAGS.workdir_root, name)
+
+
+def simclrv2_stages(dataset: str, method: str, labels: int, seed: int):
+  """Trains the SimCLRv2 stages before `method`'s last one (each resumes, or is already done);
+  returns the config and workdir of the last, and the earlier stages' budgets."""
+  from sslx.train import loop
+  last = "finetune" if method == "simclrv2_finetune" else "distill"
+  earlier = {}
+  for stage in SIMCLRV2_STAGES[:SIMCLRV2_STAGES.index(last)]:
+    config = cell_config(dataset, method, labels, seed, stage)
+    with config.unlocked():
+      config.eval.enabled = False
+    loop.train(config, stage_workdir(dataset, stage, labels, seed))
+    earlier[stage] = f"{config.total_steps} steps of {config.batch_size}"
+  config = cell_config(dataset, method, labels, seed, last)
+  return config, stage_workdir(dataset, last, labels, seed), earlier
 
 
 def measure(dataset: str, method: str, labels: int, seed: int) -> dict:
   import jax
 
   from sslx import run
-  config = cell_config(dataset, method, labels, seed)
-  workdir = os.path.join(FLAGS.workdir_root, cell_name(dataset, method, labels, seed))
   t0 = time.perf_counter()
+  earlier = {}
+  if method.startswith("simclrv2"):
+    config, workdir, earlier = simclrv2_stages(dataset, method, labels, seed)
+  else:
+    config = cell_config(dataset, method, labels, seed)
+    workdir = os.path.join(FLAGS.workdir_root, cell_name(dataset, method, labels, seed))
   results = run.train_and_evaluate(config, workdir)
   row = results["rows"]["SSL encoder"]
   return {
       "dataset": dataset, "method": method, "labels_per_class": labels, "seed": seed,
-      "steps": FLAGS.steps, "batch": f"{config.batch_size} labelled + "
-                                     f"{config.batch_size * config.semi.uratio} unlabelled",
+      "steps": config.total_steps, "batch": f"{config.batch_size} labelled + "
+                                           f"{config.batch_size * config.semi.uratio} unlabelled",
+      "earlier_stages": earlier,
       "test_error": 1.0 - row["classifier_top1"], "knn_top1": row["knn_top1"],
       "seconds": round(time.perf_counter() - t0, 1),
       "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or 'cpu'}), "
@@ -151,7 +197,8 @@ def make_table(measured: list[dict]) -> tuple[str, dict]:
       lines.append("| fully supervised (all labels) | " + " | ".join([text] * len(label_counts))
                    + " |")
     lines.append("")
-  steps = sorted({m["steps"] for m in measured})
+  # The fine-tuning stage has its own length (SimCLRv2's epochs of the labelled images).
+  steps = sorted({m["steps"] for m in measured if m["method"] != "simclrv2_finetune"})
   seconds = [m["seconds"] for m in measured]
   # The uratio differs between methods; "supervised" reads unlabelled images it does not use.
   batches = {m["method"]: m["batch"] for m in measured if m["method"] != "supervised"}
@@ -162,6 +209,12 @@ def make_table(measured: list[dict]) -> tuple[str, dict]:
                f"{np.mean(seconds) / 60:.1f} min a cell on average (training and evaluation) on "
                f"{measured[0]['machine'] if measured else '-'}. Error of the EMA classifier on the "
                "whole test split.")
+  stages = sorted({f"{m['dataset']}, {m['labels_per_class']} labels: "
+                   + ", then ".join(f"{k} {v}" for k, v in m["earlier_stages"].items())
+                   for m in measured if m["method"] == "simclrv2"})
+  if stages:
+    lines.append(f"SimCLRv2's student is distilled from a teacher fine-tuned after SimCLR "
+                 f"pre-training ({'; '.join(stages)}).")
   return "\n".join(lines), summary
 
 

@@ -9,7 +9,8 @@ from sslx.models.backbone import backbone_config
 
 DATASETS = ("fashion_mnist", "cifar10", "imagenet")
 # Training-split sizes, to turn the papers' epochs into steps.
-TRAIN_EXAMPLES = {"fashion_mnist": 60_000, "cifar10": 50_000, "imagenet": 1_281_167}
+TRAIN_EXAMPLES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000,
+                  "imagenet": 1_281_167}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -80,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.momentum = 0.9
   c.optim.nesterov = False
   c.optim.trust_coefficient = 0.001
+  # Top-level parameter names (e.g. "head") that LARS updates without its trust ratio, as plain
+  # momentum SGD: SimCLRv2's new classifier head (its released code's exclusion), which starts
+  # near zero, where a trust ratio proportional to |w| would barely move it.
+  c.optim.trust_ratio_exclude = ()
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.warmup_steps = 100

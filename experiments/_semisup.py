@@ -137,11 +137,13 @@ def mixup(rng, inputs: jax.Array, alpha, *, own_majority: bool) -> tuple[jax.Arr
   return lam * inputs + (1.0 - lam) * inputs[perm], perm, lam
 
 
-def classifier(config) -> tuple[experiment.Network, experiment.Images]:
-  """The Network of `config`'s Classifier (its dataset's classes) and the spec of its views."""
+def classifier(config, model: type[nnx.Module] = Classifier
+               ) -> tuple[experiment.Network, experiment.Images]:
+  """The Network of `config`'s classifier (``model(config, image_shape, num_classes, rngs=)``,
+  whose call gives (features, logits); its dataset's classes) and the spec of its views."""
   spec = experiment.images_for(config, view_config=config.semi.weak)
   network = experiment.Network(
-      lambda rngs: Classifier(config, spec.view_shape, spec.num_classes, rngs=rngs),
+      lambda rngs: model(config, spec.view_shape, spec.num_classes, rngs=rngs),
       config.model.dtype)
   return network, spec
 
@@ -160,14 +162,14 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def ema_classifier_method(config, network: experiment.Network, spec: experiment.Images,
-                          loss: Callable, *, init_state: Callable[[], dict] | None = None
-                          ) -> Method:
+                          loss: Callable, *, init_state: Callable[[], dict] | None = None,
+                          warm_start: Callable | None = None) -> Method:
   """The Method of a Classifier trained by ``loss(params, variables, batch, rng)`` (the
   `Method.loss` contract; its state carries ``batch_stats`` and ``ema`` through), whose
   variables hold the model (``params``, ``batch_stats``), its EMA (``ema``), which
   `Method.apply` (features) and ``predict`` (logits) evaluate, and ``init_state()``'s entries
   (a method's own state). The EMA follows the parameters with momentum semi.ema_momentum and
-  copies the batch statistics (USB's EMA)."""
+  copies the batch statistics (USB's EMA). ``warm_start``: `Method.warm_start`."""
 
   def init(rng, batch):
     del batch
@@ -191,12 +193,14 @@ def ema_classifier_method(config, network: experiment.Network, spec: experiment.
     return {**state, "ema": averaged}, {}
 
   return Method(init=init, apply=apply, loss=loss, after_update=after_update, predict=predict,
-                param_axes=network.param_axes)
+                param_axes=network.param_axes, warm_start=warm_start)
 
 
 def semi_supervised_method(config, objective: Objective | None = None, *,
                            init_state: Callable[[], dict] | None = None, strong: bool = True,
-                           teacher: bool = False) -> Method:
+                           teacher: bool = False,
+                           network: tuple[experiment.Network, experiment.Images] | None = None,
+                           warm_start: Callable | None = None) -> Method:
   """The Method of a classifier trained on the labelled cross-entropy plus
   ``unsup_ramp * objective(...)`` on the unlabelled images (`ema_classifier_method`).
 
@@ -206,10 +210,11 @@ def semi_supervised_method(config, objective: Objective | None = None, *,
   another weak view of each unlabelled image (Mean Teacher), BatchNorm in training mode as in
   USB. ``init_state() -> dict``: the
   objective's own entries of the variables (FlexMatch's per-example state), which it returns
-  updated.
+  updated. ``network``: (Network, spec) of another classifier than `classifier(config)`'s
+  (SimCLRv2's fine-tuned one); ``warm_start``: `Method.warm_start`.
   """
   check_config(config)
-  network, spec = classifier(config)
+  network, spec = classifier(config) if network is None else network
   weak_views, strong_views = config.semi.weak, config.semi.strong
 
   def loss(params, variables, batch, rng):
@@ -248,4 +253,5 @@ def semi_supervised_method(config, objective: Objective | None = None, *,
       state.update(own)
     return total, {"metrics": metrics, "state": state}
 
-  return ema_classifier_method(config, network, spec, loss, init_state=init_state)
+  return ema_classifier_method(config, network, spec, loss, init_state=init_state,
+                               warm_start=warm_start)

@@ -16,7 +16,8 @@ class SimCLRModel(nnx.Module):
     self.encoder = Backbone(config.model, image_shape, rngs=rngs)
     p = config.projector
     self.projector = MLP(self.encoder.num_features, tuple(p.hidden), p.out_features,
-                         norm=p.get("norm", "batch"), rngs=rngs)
+                         norm=p.get("norm", "batch"), norm_last=p.get("norm_last", False),
+                         rngs=rngs)
 
 
 def get_method(config) -> Method:

@@ -42,6 +42,12 @@ class Method(NamedTuple):
       A classifier's class logits [B, num_classes] for float images in [0, 1], as `apply`
       takes them: the semi-supervised methods' EMA model (experiments/_semisup.py). Where it
       exists, the offline evaluation adds the classifier's own top-1 on the test split.
+  warm_start(variables, mesh) -> variables   [optional]
+      A run that starts from another run (SimCLRv2's fine-tuning from a pre-trained encoder,
+      its distillation from a fine-tuned teacher): given a fresh run's variables on ``mesh``,
+      returns them with the other run's parts copied in (same structure, shapes and dtypes).
+      The trainer calls it once, before the first step; a resumed run restores its own
+      checkpoint instead.
   """
 
   init: Callable[[jax.Array, Batch], Variables]
@@ -54,3 +60,4 @@ class Method(NamedTuple):
   after_update: Callable[[Any, dict, jax.Array], tuple[dict, dict]] | None = None
   grad_cache_chunks: int = 1
   predict: Callable[[Variables, jax.Array], jax.Array] | None = None
+  warm_start: Callable[[Variables, jax.sharding.Mesh], Variables] | None = None

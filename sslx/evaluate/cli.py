@@ -26,6 +26,7 @@ import ml_collections
 from etils import epath
 
 from sslx import paths
+from sslx.train import runs
 
 KNN_PROTOCOLS = ("knn", "linear")
 # Protocols on the same frozen features as kNN, off by default (they cost more): big_vision's
@@ -64,25 +65,11 @@ def _checked_path(path, flag: str) -> epath.Path:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in `workdir/config.json`, with the eval fields it predates filled
-  from `configs.common.base_config` (monitor settings of runs trained before they existed).
-  `workdir` may be local or remote (gs://...)."""
-  directory = _checked_path(workdir, "--workdir")
-  if not directory.is_dir():
-    raise FlagError(f"--workdir {workdir!r} does not exist")
-  path = directory / "config.json"
-  if not path.exists():
-    raise FlagError(f"--workdir {workdir!r} has no config.json: not a training run's workdir")
-  saved = json.loads(path.read_text())
+  """`sslx.train.runs.load_config` of `workdir`, its errors FlagErrors naming --workdir."""
   try:
-    from configs.common import base_config  # the repository root is on sys.path
-    saved["eval"] = {**base_config().eval.to_dict(), **saved.get("eval", {})}
-  except ImportError:
-    pass  # then a run that predates a field fails where the field is read, naming it
-  # The training job's coordinator address and process id describe that job, not this one.
-  saved["distributed"] = {**saved.get("distributed", {}), "coordinator_address": "",
-                          "num_processes": 1, "process_id": 0, "auto_detect": False}
-  return ml_collections.ConfigDict(saved)
+    return runs.load_config(workdir, "--workdir")
+  except ValueError as e:
+    raise FlagError(str(e)) from None
 
 
 def checkpoint_step(checkpointer, workdir: str, step: int | None) -> int:

@@ -16,7 +16,8 @@ NORMS = ("batch", "layer", "none")
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
 
 
-def _norm(kind, features, rngs, affine=True):
+def norm_layer(kind: str, features: int, rngs: nnx.Rngs, affine: bool = True) -> nnx.Module:
+  """The normalisation of an MLP block: "batch" (BatchNorm) or "layer" (LayerNorm)."""
   if kind == "batch":  # PyTorch's momentum 0.1, as the reference SSL code bases use
     return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, use_scale=affine, use_bias=affine,
                          rngs=rngs)
@@ -73,13 +74,13 @@ class MLP(nnx.Module):
     features = in_features
     for width in hidden:
       linears.append(nnx.Linear(features, width, use_bias=norm != "batch", rngs=rngs, **init))
-      norms.append(_norm(norm, width, rngs) if norm != "none" else None)
+      norms.append(norm_layer(norm, width, rngs) if norm != "none" else None)
       features = width
     self.hidden_linears = nnx.List(linears)
     self.hidden_norms = nnx.List(norms)
     self.out = nnx.Linear(features, out_features, use_bias=not (norm_last and norm == "batch"),
                           rngs=rngs, **init)
-    self.out_bn = _norm(norm, out_features, rngs, affine=False) if norm_last else None
+    self.out_bn = norm_layer(norm, out_features, rngs, affine=False) if norm_last else None
 
   def __call__(self, x, *, train: bool):
     """x: [B, in_features] -> [B, out_features]. ``train`` selects batch vs running BN stats."""

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from sslx import paths, runtime, sharding
 from sslx.data import decode, pipeline, sources
 from sslx.evaluate import monitor as monitor_lib
-from sslx.train import grad_cache, optim
+from sslx.train import grad_cache, optim, runs
 from sslx.train.checkpoint import Checkpointer, abstract_like, check_workdir_supported
 from sslx.train.metrics import MetricWriter
 from sslx.train.preemption import PreemptionWatch
@@ -148,6 +148,8 @@ def train(config, workdir: str, *,
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore_for_resume(abstract_like(state), data_iter,
                                             fallback=config.checkpoint_fallback)
+  elif method.warm_start is not None:
+    state = warm_started(state, method, tx, mesh, state_sharding)
   start_step = int(state.step)
   train_step = make_train_step(method, tx, schedule, state_sharding=state_sharding,
                                batch_sharding=batch_sharding, metric_sharding=replicated)
@@ -272,7 +274,8 @@ def save_method_pictures(config, variables, monitor_images, workdir: str) -> lis
 
 # Fields that define the trajectory of a run: a resumed run must not change them.
 _RUN_DEFINING = ("experiment", "seed", "batch_size", "total_steps", "data.name", "model",
-                 "projector", "augment", "loss", "optim", "eval.online_probe", "semi")
+                 "projector", "augment", "loss", "optim", "eval.online_probe", "semi",
+                 "simclrv2")
 # Settings under those that trade memory for compute without changing what is computed (up to
 # float reassociation): a run that ran out of memory may resume with more of them.
 _MEMORY_ONLY = ("model.remat", "optim.grad_cache_chunks")
@@ -369,15 +372,42 @@ def restore_onto_mesh(config, method, checkpointer, mesh, step: int | None = Non
   return checkpointer.restore(abstract, step=step)
 
 
+def restore_run(workdir: str, mesh, *, name: str, step: int | None = None):
+  """(config, state) of the run in `workdir`: its saved config and its checkpoint `step` (latest
+  if None) restored onto `mesh` (`restore_onto_mesh`). What a run that starts from another run
+  reads (`Method.warm_start`); `name` is the config field that gave `workdir`, named in errors."""
+  config = runs.load_config(workdir, name)
+  if not runs.has_checkpoints(workdir):
+    raise ValueError(f"{name} {workdir!r} holds no checkpoint yet: run that stage first")
+  checkpointer = Checkpointer(workdir)
+  try:
+    return config, restore_onto_mesh(config, build_method(config), checkpointer, mesh, step)
+  finally:
+    checkpointer.close()
+
+
+def warm_started(state: TrainState, method, tx, mesh, state_sharding) -> TrainState:
+  """A fresh run's state with `method.warm_start`'s variables (another run's parts copied in)
+  and the optimizer state of those parameters, on the run's shardings."""
+  fresh = state.variables
+  variables = dict(method.warm_start(fresh, mesh))
+  expected, got = (jax.tree.map(lambda x: (x.shape, x.dtype), v) for v in (fresh, variables))
+  if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+    raise ValueError("Method.warm_start must return variables of the fresh run's structure, "
+                     "shapes and dtypes")
+  params = variables.pop("params")
+  state = jax.device_put(state._replace(params=params, model_state=variables), state_sharding)
+  opt_state = jax.jit(tx.init, out_shardings=state_sharding.opt_state)(state.params)
+  return state._replace(opt_state=opt_state)
+
+
 def _check_same_run(config, workdir: str) -> None:
   """Refuses to resume a workdir with settings that would silently change the run."""
   path = epath.Path(workdir) / "config.json"
-  checkpoints = epath.Path(workdir) / "checkpoints"
-  if not (path.exists() and checkpoints.is_dir()
-          and any(entry.name.isdigit() for entry in checkpoints.iterdir())):
+  if not (path.exists() and runs.has_checkpoints(workdir)):
     return
-  saved = _flatten(json.loads(path.read_text()))
-  current = _flatten(json.loads(config.to_json_best_effort()))
+  saved = runs.flatten(json.loads(path.read_text()))
+  current = runs.flatten(json.loads(config.to_json_best_effort()))
   # A field the saved config lacks was added to sslx after that run started; the run trained as
   # if it held the field's default, so an upgrade does not strand a long run (logged, not refused).
   added = sorted(k for k in set(current) - set(saved) if k.startswith(_RUN_DEFINING))
@@ -391,16 +421,6 @@ def _check_same_run(config, workdir: str) -> None:
     diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
     raise ValueError(f"--workdir {workdir!r} holds a run with other settings ({diffs}); resuming "
                      "would not continue that run. Use a new --workdir, or the saved settings.")
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def _stop_nonfinite(step, checkpointer, writer, progress):

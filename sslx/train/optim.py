@@ -57,9 +57,16 @@ def make_optimizer(config, global_batch_size: int, total_steps: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   schedule = make_schedule(config, global_batch_size, total_steps)
   if config.name == "lars":
+    excluded = tuple(config.get("trust_ratio_exclude", ()))
+
+    def trust_ratio_mask(params):
+      def adapted(path, decays):
+        return decays and getattr(path[0], "key", None) not in excluded
+      return jax.tree_util.tree_map_with_path(adapted, decay_mask(params))
+
     tx = optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=decay_mask,
-                    trust_coefficient=config.trust_coefficient, trust_ratio_mask=decay_mask,
-                    momentum=config.momentum)
+                    trust_coefficient=config.trust_coefficient,
+                    trust_ratio_mask=trust_ratio_mask, momentum=config.momentum)
   elif config.name == "sgd":
     tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
                      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))

@@ -1,0 +1,126 @@
+"""SimCLRv2's second stage (Chen et al. 2020b, "Big Self-Supervised Models are Strong
+Semi-Supervised Learners", Sec. 2): the SimCLR encoder pre-trained with a 3-layer projection head
+(stage 1, `configs/simclrv2.py:pretrain`) is fine-tuned "from the middle layer of the projection
+head": encoder, the head's first layer (Linear, BatchNorm, ReLU) and a new linear classifier,
+trained with cross-entropy on the labelled images only.
+
+The run starts from `simclrv2.pretrained`, the pre-training run's workdir (`Method.warm_start`:
+read once, at the first start; a resumed run restores its own checkpoint). Its model and
+projector settings must be this config's; the error names the fields that differ.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from experiments import _semisup
+from sslx.method import Method
+from sslx.models import Backbone
+from sslx.models.heads import norm_layer
+from sslx.train import loop, runs
+
+# Model fields that change how a network computes but not its parameters: a stage may set them
+# differently from the run it starts from.
+COMPUTE_ONLY_FIELDS = ("dtype", "remat", "vit.attention")
+
+
+class FineTunedClassifier(nnx.Module):
+  """SimCLRv2's fine-tuned network: the encoder, the first layer of the projection head
+  (config.projector: Linear to hidden[0] units, its norm, ReLU) and a linear classifier."""
+
+  def __init__(self, config, image_shape, num_classes: int, *, rngs: nnx.Rngs):
+    self.encoder = Backbone(config.model, image_shape, rngs=rngs)
+    p = config.projector
+    width = p.hidden[0]
+    # As the first layer of `sslx.models.MLP` (the pre-trained head), so its parameters load.
+    self.projector_linear = nnx.Linear(self.encoder.num_features, width,
+                                       use_bias=p.norm != "batch", rngs=rngs)
+    self.projector_norm = norm_layer(p.norm, width, rngs) if p.norm != "none" else None
+    self.head = nnx.Linear(width, num_classes, rngs=rngs)
+
+  def __call__(self, images, *, train: bool, rng=None):
+    """images [B, H, W, C] (normalised) -> (encoder features [B, D], logits float32 [B, C])."""
+    features = self.encoder(images, train=train, rng=rng)
+    x = self.projector_linear(features)
+    if isinstance(self.projector_norm, nnx.BatchNorm):
+      x = self.projector_norm(x, use_running_average=not train)
+    elif self.projector_norm is not None:
+      x = self.projector_norm(x)
+    return features, self.head(jax.nn.relu(x)).astype(jnp.float32)
+
+
+def check_same_fields(name: str, workdir: str, saved: dict, current: dict, prefix: str) -> None:
+  """ValueError naming every field of `prefix` (e.g. "model") where the run in `workdir` (given
+  by config field `name`) differs from this config, compute-only fields aside."""
+  # Through JSON, as config.json holds them (a tuple reads back as a list).
+  saved, current = (runs.flatten(json.loads(json.dumps(tree))) for tree in (saved, current))
+  differ = sorted(k for k in set(saved) | set(current)
+                  if k not in COMPUTE_ONLY_FIELDS and saved.get(k) != current.get(k))
+  if differ:
+    diffs = ", ".join(f"{prefix}.{k}: {saved.get(k)!r} there, {current.get(k)!r} here"
+                      for k in differ)
+    raise ValueError(f"{name}={workdir!r} was trained with other settings ({diffs}); its "
+                     f"parameters do not fit this run: set them as that run did")
+
+
+def check_fits(name: str, fresh, loaded) -> None:
+  """The loaded subtree has the fresh one's structure and shapes (dtypes are cast)."""
+  shapes = [jax.tree.map(lambda x: tuple(x.shape), t) for t in (fresh, loaded)]
+  if shapes[0] != shapes[1]:
+    raise ValueError(f"{name}: shapes {shapes[1]} do not fit this run's {shapes[0]}")
+
+
+def _pretrained_parts(config, mesh) -> dict:
+  """{collection: {this network's key: the pre-trained subtree}} from simclrv2.pretrained."""
+  workdir = config.simclrv2.pretrained
+  saved = runs.load_config(workdir, "simclrv2.pretrained")
+  if saved.experiment != "simclr":
+    raise ValueError(f"simclrv2.pretrained={workdir!r} is a {saved.experiment!r} run; expected "
+                     "a 'simclr' pre-training run (configs/simclrv2.py:pretrain)")
+  check_same_fields("simclrv2.pretrained", workdir, saved.model.to_dict(),
+                    config.model.to_dict(), "model")
+  if (tuple(saved.projector.hidden)[:1] != tuple(config.projector.hidden)[:1]
+      or saved.projector.get("norm", "batch") != config.projector.norm):
+    raise ValueError(f"simclrv2.pretrained={workdir!r}: its projector (hidden "
+                     f"{tuple(saved.projector.hidden)}, norm {saved.projector.get('norm')!r}) "
+                     f"does not start as this config's (hidden {tuple(config.projector.hidden)}, "
+                     f"norm {config.projector.norm!r})")
+  _, state = loop.restore_run(workdir, mesh, name="simclrv2.pretrained")
+  parts = {}
+  for collection, tree in (("params", state.params),
+                           ("batch_stats", state.model_state.get("batch_stats", {}))):
+    projector = tree.get("projector", {})
+    parts[collection] = {"encoder": tree.get("encoder"),
+                         "projector_linear": projector.get("hidden_linears", {}).get(0),
+                         "projector_norm": projector.get("hidden_norms", {}).get(0)}
+  return parts
+
+
+def get_method(config) -> Method:
+  if not config.simclrv2.pretrained:
+    raise ValueError("simclrv2.pretrained must be the workdir of the SimCLR pre-training run "
+                     "(stage 1: configs/simclrv2.py:pretrain), got ''")
+  network = _semisup.classifier(config, FineTunedClassifier)
+
+  def warm_start(variables, mesh):
+    parts = _pretrained_parts(config, mesh)
+    started = dict(variables)
+    for collection, loaded in parts.items():
+      tree = {}
+      for key, fresh in variables.get(collection, {}).items():
+        if key == "head":  # the new classifier
+          tree[key] = fresh
+          continue
+        name = f"simclrv2.pretrained's {collection} of {key}"
+        if loaded[key] is None:
+          raise ValueError(f"{name}: missing from that run")
+        check_fits(name, fresh, loaded[key])
+        tree[key] = jax.tree.map(lambda new, old: old.astype(new.dtype), fresh, loaded[key])
+      started[collection] = tree
+    started["ema"] = jax.tree.map(jnp.copy, {"params": started["params"],
+                                             "batch_stats": started["batch_stats"]})
+    return started
+
+  return _semisup.semi_supervised_method(config, network=network, warm_start=warm_start)
