@@ -200,8 +200,10 @@ def make_table(measured: list[dict]) -> tuple[str, dict]:
   # The fine-tuning stage has its own length (SimCLRv2's epochs of the labelled images).
   steps = sorted({m["steps"] for m in measured if m["method"] != "simclrv2_finetune"})
   seconds = [m["seconds"] for m in measured]
-  # The uratio differs between methods; "supervised" reads unlabelled images it does not use.
-  batches = {m["method"]: m["batch"] for m in measured if m["method"] != "supervised"}
+  # The uratio differs between methods; "supervised" and SimCLRv2's fine-tuning read unlabelled
+  # images they do not use.
+  batches = {m["method"]: m["batch"] for m in measured
+             if m["method"] not in ("supervised", "simclrv2_finetune")}
   usual = max(set(batches.values()), key=list(batches.values()).count) if batches else "-"
   others = "; ".join(f"{ROW_NAMES[k]}: {v}" for k, v in batches.items() if v != usual)
   lines.append(f"Budget per cell: {', '.join(map(str, steps))} steps of {usual} images"
@@ -209,12 +211,17 @@ def make_table(measured: list[dict]) -> tuple[str, dict]:
                f"{np.mean(seconds) / 60:.1f} min a cell on average (training and evaluation) on "
                f"{measured[0]['machine'] if measured else '-'}. Error of the EMA classifier on the "
                "whole test split.")
-  stages = sorted({f"{m['dataset']}, {m['labels_per_class']} labels: "
-                   + ", then ".join(f"{k} {v}" for k, v in m["earlier_stages"].items())
-                   for m in measured if m["method"] == "simclrv2"})
+  stages = {}  # what SimCLRv2's student comes after, per label count
+  for m in measured:
+    if m["method"] == "simclrv2":
+      stages.setdefault(m["labels_per_class"], m["earlier_stages"])
   if stages:
-    lines.append(f"SimCLRv2's student is distilled from a teacher fine-tuned after SimCLR "
-                 f"pre-training ({'; '.join(stages)}).")
+    pretrain = {v["pretrain"] for v in stages.values()}
+    finetune = ", ".join(f"{v['finetune']} labelled images with {n} labels / class"
+                         for n, v in sorted(stages.items()))
+    lines.append(f"SimCLRv2: a SimCLR pre-training of {', '.join(pretrain)} images (no labels; "
+                 f"shared by the label counts), a fine-tuning (stage 2's row) of {finetune}, "
+                 "then the student (stage 3's row), trained like the other rows.")
   return "\n".join(lines), summary
 
 

@@ -26,10 +26,10 @@ Variants: one stage (pretrain | finetune | distill); one dataset (mnist, the def
    in the semi-supervised table differs from FixMatch's only in the unlabelled objective; the
    paper distils with its pre-training optimizer (LARS) for 400 epochs.
 
-Expected: the README's semi-supervised table (its "SimCLRv2" row is stage 3's student). The
-paper, ImageNet: ResNet-50 fine-tuned from a SimCLRv2 ResNet-50 (1x) reaches 57.9% / 68.4% top-1
-with 1% / 10% of the labels, and a ResNet-50 student distilled from the big ResNet-152 (3x+SK)
-teacher 73.9% / 77.5% (Table 3 and the abstract).
+Expected: the README's semi-supervised table (its two SimCLRv2 rows: stage 2's fine-tuned network
+and stage 3's student). The paper, ImageNet (its abstract): a ResNet-50 student distilled from a
+big fine-tuned ResNet-152 (3x+SK) teacher reaches 73.9% / 77.5% top-1 with 1% / 10% of the
+labels.
 """
 
 import math

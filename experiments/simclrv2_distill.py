@@ -11,7 +11,9 @@ smaller one. The teacher runs with its BatchNorm's running statistics.
 
 The run starts from `simclrv2.teacher`, the fine-tuning run's workdir (`Method.warm_start`, read
 at the first start; the teacher is then part of this run's checkpoints, so a resumed run or
-`python -m sslx.evaluate` needs only this workdir).
+`python -m sslx.evaluate` needs only this workdir). That run must have finished, on this run's
+dataset, labelled split (seed, labels per class) and unlabelled set, with simclrv2.teacher_model
+and this config's projector.
 """
 
 import jax
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from experiments import _semisup
-from experiments.simclrv2_finetune import FineTunedClassifier, check_fits, check_same_fields
+from experiments.simclrv2_finetune import FineTunedClassifier, check_same_fields, loaded_like
 from sslx import experiment
 from sslx.data import augment
 from sslx.losses import knowledge_distillation
@@ -35,7 +37,7 @@ def teacher_network(config) -> experiment.Network:
   return experiment.Network(
       lambda rngs: FineTunedClassifier(teacher_config, spec.view_shape, spec.num_classes,
                                        rngs=rngs),
-      config.model.dtype)
+      config.simclrv2.teacher_model.dtype)
 
 
 def _check_teacher_run(config, saved) -> None:
@@ -47,9 +49,9 @@ def _check_teacher_run(config, saved) -> None:
                     config.simclrv2.teacher_model.to_dict(), "simclrv2.teacher_model")
   check_same_fields("simclrv2.teacher", workdir, saved.projector.to_dict(),
                     config.projector.to_dict(), "projector")
-  fields = ["data.name"]
-  if config.loss.distill_weight < 1:  # the student also sees labels: the teacher's
-    fields += ["seed", "semi.labels_per_class"]
+  # The teacher saw the labels of this split (its seed and count) and the same unlabelled set:
+  # the student's row is then that of this many labels, whether or not it sees them itself.
+  fields = ["data.name", "seed", "semi.labels_per_class", "semi.unlabelled"]
   saved_fields, fields_here = (runs.flatten(c.to_dict()) for c in (saved, config))
   differ = [f for f in fields if saved_fields.get(f) != fields_here.get(f)]
   if differ:
@@ -104,13 +106,12 @@ def get_method(config) -> Method:
 
   def warm_start(variables, mesh):
     workdir = config.simclrv2.teacher
-    _check_teacher_run(config, runs.load_config(workdir, "simclrv2.teacher"))
-    _, state = loop.restore_run(workdir, mesh, name="simclrv2.teacher")
+    saved = runs.load_config(workdir, "simclrv2.teacher")
+    _check_teacher_run(config, saved)
+    state = loop.restore_finished_run(workdir, mesh, name="simclrv2.teacher", config=saved)
     evaluated = state.model_state["ema"]  # the teacher's evaluated model (its EMA)
-    check_fits("simclrv2.teacher's model", variables["teacher"], evaluated)
-    loaded = jax.tree.map(lambda new, old: old.astype(new.dtype), variables["teacher"],
-                          evaluated)
-    return {**variables, "teacher": loaded}
+    return {**variables, "teacher": loaded_like(f"simclrv2.teacher={workdir!r}: its model",
+                                                variables["teacher"], evaluated)}
 
   return _semisup.ema_classifier_method(
       config, network, spec, loss, init_state=lambda: {"teacher": teacher.init(

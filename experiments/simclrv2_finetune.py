@@ -5,8 +5,9 @@ head": encoder, the head's first layer (Linear, BatchNorm, ReLU) and a new linea
 trained with cross-entropy on the labelled images only.
 
 The run starts from `simclrv2.pretrained`, the pre-training run's workdir (`Method.warm_start`:
-read once, at the first start; a resumed run restores its own checkpoint). Its model and
-projector settings must be this config's; the error names the fields that differ.
+read once, at the first start; a resumed run restores its own checkpoint). That run must have
+finished, and its dataset, model and the first layer of its head (width, norm) must be this
+config's; the errors name the fields that differ.
 """
 
 import json
@@ -53,23 +54,31 @@ class FineTunedClassifier(nnx.Module):
 
 def check_same_fields(name: str, workdir: str, saved: dict, current: dict, prefix: str) -> None:
   """ValueError naming every field of `prefix` (e.g. "model") where the run in `workdir` (given
-  by config field `name`) differs from this config, compute-only fields aside."""
+  by config field `name`) differs from this config, compute-only fields aside. A field only one
+  side has counts as differing: a stage is run with the sslx that ran the stage before it."""
   # Through JSON, as config.json holds them (a tuple reads back as a list).
   saved, current = (runs.flatten(json.loads(json.dumps(tree))) for tree in (saved, current))
   differ = sorted(k for k in set(saved) | set(current)
                   if k not in COMPUTE_ONLY_FIELDS and saved.get(k) != current.get(k))
   if differ:
-    diffs = ", ".join(f"{prefix}.{k}: {saved.get(k)!r} there, {current.get(k)!r} here"
-                      for k in differ)
+    diffs = ", ".join(f"{prefix + '.' if prefix else ''}{k}: {saved.get(k)!r} there, "
+                      f"{current.get(k)!r} here" for k in differ)
     raise ValueError(f"{name}={workdir!r} was trained with other settings ({diffs}); its "
                      f"parameters do not fit this run: set them as that run did")
 
 
-def check_fits(name: str, fresh, loaded) -> None:
-  """The loaded subtree has the fresh one's structure and shapes (dtypes are cast)."""
-  shapes = [jax.tree.map(lambda x: tuple(x.shape), t) for t in (fresh, loaded)]
-  if shapes[0] != shapes[1]:
-    raise ValueError(f"{name}: shapes {shapes[1]} do not fit this run's {shapes[0]}")
+def loaded_like(name: str, fresh, loaded):
+  """`loaded` (another run's subtree) cast to the dtypes of `fresh` (this run's), after checking
+  that it has its structure and shapes; the error names the paths that differ."""
+  shapes = [{jax.tree_util.keystr(p): tuple(x.shape)
+             for p, x in jax.tree_util.tree_flatten_with_path(t)[0]} for t in (fresh, loaded)]
+  differ = sorted(k for k in shapes[0].keys() | shapes[1].keys()
+                  if shapes[0].get(k) != shapes[1].get(k))
+  if differ:
+    raise ValueError(f"{name} does not fit this run: "
+                     + ", ".join(f"{k}: {shapes[1].get(k)} there, {shapes[0].get(k)} here"
+                                 for k in differ[:5]))
+  return jax.tree.map(lambda new, old: old.astype(new.dtype), fresh, loaded)
 
 
 def _pretrained_parts(config, mesh) -> dict:
@@ -79,15 +88,17 @@ def _pretrained_parts(config, mesh) -> dict:
   if saved.experiment != "simclr":
     raise ValueError(f"simclrv2.pretrained={workdir!r} is a {saved.experiment!r} run; expected "
                      "a 'simclr' pre-training run (configs/simclrv2.py:pretrain)")
+  check_same_fields("simclrv2.pretrained", workdir, {"data": {"name": saved.data.name}},
+                    {"data": {"name": config.data.name}}, "")
   check_same_fields("simclrv2.pretrained", workdir, saved.model.to_dict(),
                     config.model.to_dict(), "model")
-  if (tuple(saved.projector.hidden)[:1] != tuple(config.projector.hidden)[:1]
-      or saved.projector.get("norm", "batch") != config.projector.norm):
-    raise ValueError(f"simclrv2.pretrained={workdir!r}: its projector (hidden "
-                     f"{tuple(saved.projector.hidden)}, norm {saved.projector.get('norm')!r}) "
-                     f"does not start as this config's (hidden {tuple(config.projector.hidden)}, "
-                     f"norm {config.projector.norm!r})")
-  _, state = loop.restore_run(workdir, mesh, name="simclrv2.pretrained")
+  # The first layer of the head is what stage 2 takes: its width and norm must be this config's.
+  check_same_fields("simclrv2.pretrained", workdir,
+                    {"hidden[0]": saved.projector.hidden[0],
+                     "norm": saved.projector.get("norm", "batch")},
+                    {"hidden[0]": config.projector.hidden[0], "norm": config.projector.norm},
+                    "projector")
+  state = loop.restore_finished_run(workdir, mesh, name="simclrv2.pretrained", config=saved)
   parts = {}
   for collection, tree in (("params", state.params),
                            ("batch_stats", state.model_state.get("batch_stats", {}))):
@@ -113,11 +124,11 @@ def get_method(config) -> Method:
         if key == "head":  # the new classifier
           tree[key] = fresh
           continue
-        name = f"simclrv2.pretrained's {collection} of {key}"
+        name = (f"simclrv2.pretrained={config.simclrv2.pretrained!r}: its {collection} of "
+                f"{key}")
         if loaded[key] is None:
-          raise ValueError(f"{name}: missing from that run")
-        check_fits(name, fresh, loaded[key])
-        tree[key] = jax.tree.map(lambda new, old: old.astype(new.dtype), fresh, loaded[key])
+          raise ValueError(f"{name} are missing")
+        tree[key] = loaded_like(name, fresh, loaded[key])
       started[collection] = tree
     started["ema"] = jax.tree.map(jnp.copy, {"params": started["params"],
                                              "batch_stats": started["batch_stats"]})

@@ -37,12 +37,14 @@ class Checkpointer:
   process killed mid-save leaves the previous checkpoint as the latest one.
   """
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3):
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, read_only: bool = False):
     # Absolute: tensorstore, which writes the arrays, refuses relative local paths.
     self.directory = paths.absolute(epath.Path(workdir) / "checkpoints")
+    # read_only: another run's checkpoints, read by a run that starts from them (never pruned).
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                             read_only=read_only))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -372,16 +372,19 @@ def restore_onto_mesh(config, method, checkpointer, mesh, step: int | None = Non
   return checkpointer.restore(abstract, step=step)
 
 
-def restore_run(workdir: str, mesh, *, name: str, step: int | None = None):
-  """(config, state) of the run in `workdir`: its saved config and its checkpoint `step` (latest
-  if None) restored onto `mesh` (`restore_onto_mesh`). What a run that starts from another run
-  reads (`Method.warm_start`); `name` is the config field that gave `workdir`, named in errors."""
-  config = runs.load_config(workdir, name)
-  if not runs.has_checkpoints(workdir):
-    raise ValueError(f"{name} {workdir!r} holds no checkpoint yet: run that stage first")
-  checkpointer = Checkpointer(workdir)
+def restore_finished_run(workdir: str, mesh, *, name: str, config=None) -> TrainState:
+  """The final train state of the finished run in `workdir` (`config`: its saved config, read if
+  None), restored onto `mesh` (`restore_onto_mesh`): what a run that starts from another run
+  reads (`Method.warm_start`). `name` is the config field that gave `workdir`, named in errors; a
+  run that has not reached its total_steps (preempted, still running) is refused."""
+  config = runs.load_config(workdir, name) if config is None else config
+  checkpointer = Checkpointer(workdir, read_only=True)
   try:
-    return config, restore_onto_mesh(config, build_method(config), checkpointer, mesh, step)
+    last = checkpointer.latest_step()
+    if last != config.total_steps:
+      raise ValueError(f"{name}={workdir!r} has not finished: its last checkpoint is step {last} "
+                       f"of {config.total_steps}; finish it first (its own command resumes it)")
+    return restore_onto_mesh(config, build_method(config), checkpointer, mesh, last)
   finally:
     checkpointer.close()
 
@@ -391,10 +394,12 @@ def warm_started(state: TrainState, method, tx, mesh, state_sharding) -> TrainSt
   and the optimizer state of those parameters, on the run's shardings."""
   fresh = state.variables
   variables = dict(method.warm_start(fresh, mesh))
-  expected, got = (jax.tree.map(lambda x: (x.shape, x.dtype), v) for v in (fresh, variables))
-  if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
-    raise ValueError("Method.warm_start must return variables of the fresh run's structure, "
-                     "shapes and dtypes")
+  expected, got = (jax.tree_util.tree_flatten_with_path(v)[0] for v in (fresh, variables))
+  differ = [jax.tree_util.keystr(path) for (path, x), (other, y) in zip(expected, got)
+            if path != other or x.shape != y.shape or x.dtype != y.dtype]
+  if differ or len(expected) != len(got):
+    raise ValueError(f"Method.warm_start must return variables of the fresh run's structure, "
+                     f"shapes and dtypes; it differs at {differ[:3] or 'the number of leaves'}")
   params = variables.pop("params")
   state = jax.device_put(state._replace(params=params, model_state=variables), state_sharding)
   opt_state = jax.jit(tx.init, out_shardings=state_sharding.opt_state)(state.params)

@@ -60,6 +60,11 @@ def make_optimizer(config, global_batch_size: int, total_steps: int
     excluded = tuple(config.get("trust_ratio_exclude", ()))
 
     def trust_ratio_mask(params):
+      unknown = sorted(set(excluded) - set(params))
+      if unknown:
+        raise ValueError(f"optim.trust_ratio_exclude names {unknown}, which are not top-level "
+                         f"parameters; they are {sorted(params)}")
+
       def adapted(path, decays):
         return decays and getattr(path[0], "key", None) not in excluded
       return jax.tree_util.tree_map_with_path(adapted, decay_mask(params))

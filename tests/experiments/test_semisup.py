@@ -15,7 +15,6 @@ import pytest
 
 from sslx import run
 from sslx.data import sources
-from sslx.evaluate import offline
 from sslx.train import loop
 from sslx.train.metrics import read_metrics
 from sslx.train.state import TrainState
@@ -113,10 +112,11 @@ def test_method_learns_on_a_fixed_batch(name, monkeypatch):
 
 
 @pytest.mark.slow  # about a minute: started first (tests/conftest.py)
-def test_flexmatch_on_eight_devices_resumes_exactly_and_evaluates(fashion_mnist_dir, tmp_path):
+def test_flexmatch_on_eight_devices_resumes_exactly(fashion_mnist_dir, tmp_path):
   """Through the loop on real Fashion-MNIST: 8 devices follow 1; a run resumed from step 2
   ends bit-equal to the straight one (both iterators, the EMA model, FlexMatch's per-example
-  state); the evaluation reports the EMA classifier's top-1. This is also the loop's 1-vs-8 and
+  state). The evaluation of the EMA classifier's top-1 is tests/train/test_multihost.py's (one
+  process and two). This is also the loop's 1-vs-8 and
   resume check of a method with `Method.after_update` state, which replaced BYOL's (its teacher
   takes the same path; its momentum schedule and update are tested in tests/train/test_ema.py and
   tests/experiments/test_methods.py; LARS on 8 devices is no longer run through the loop)."""
@@ -141,14 +141,6 @@ def test_flexmatch_on_eight_devices_resumes_exactly_and_evaluates(fashion_mnist_
   split = json.loads((eight / loop.SPLIT_FILE).read_text())
   labels = sources.split_labels("fashion_mnist", "train", data_dir=fashion_mnist_dir)
   assert np.bincount(labels[split["labelled"]]).tolist() == [3] * 10
-
-  with config.unlocked():
-    config.eval.enabled = True
-  results = offline.evaluate(config, resumed["method"], resumed["state"], resumed["mesh"],
-                             sources.get_dataset_info("fashion_mnist"),
-                             sources.source_kwargs(config.data))
-  row = results["rows"]["SSL encoder"]
-  assert 0.0 <= row["classifier_top1"] <= 1.0 and "classifier" in results["protocol"]
 
 
 def test_mixmatch_sharpen_and_mixup_against_numpy():

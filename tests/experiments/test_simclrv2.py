@@ -4,6 +4,9 @@ run from the fine-tuned teacher, which stays frozen and is checkpointed with the
 resumed stage restores its own checkpoint, not the previous stage; a stage pointed at the wrong
 run fails naming the field."""
 
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from configs import simclrv2
 from sslx import sharding
 from sslx.train import loop
+from sslx.train.metrics import read_metrics
 from tests.train.helpers import set_fields
 
 
@@ -49,16 +53,25 @@ def test_three_stages_start_from_the_previous_one(fashion_mnist_dir, tmp_path):
   finetuned = loop.train(finetune_config, str(tmp_path / "finetune"))
   state = finetuned["state"]
   assert int(state.step) == 4
-  assert not leaves_equal(state.params["encoder"], encoder)  # fine-tuned, from the encoder
+  # Fine-tuned from the pre-trained encoder (a fresh one would be as far from it as its norm).
+  flat = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
+          for t in (encoder, state.params["encoder"])]
+  assert 0 < np.linalg.norm(flat[1] - flat[0]) < 0.05 * np.linalg.norm(flat[0])
   # No EMA in SimCLRv2: the evaluated model is the trained one.
   assert leaves_equal(state.model_state["ema"]["params"], state.params)
-  # A resumed run restores its own checkpoint; the pre-trained run is not read again.
+  # A resumed run restores its own checkpoint: the pre-trained run is not read again.
+  os.rename(tmp_path / "pretrain", tmp_path / "pretrain_moved")
   again = loop.train(finetune_config, str(tmp_path / "finetune"))["state"]
   assert leaves_equal(again.params, state.params)
+  os.rename(tmp_path / "pretrain_moved", tmp_path / "pretrain")
 
+  # With the labelled cross-entropy too (eq. 3): both terms of the loss run.
   distill_config = stage_config("distill", fashion_mnist_dir,
-                                **{"simclrv2.teacher": str(tmp_path / "finetune")})
+                                **{"simclrv2.teacher": str(tmp_path / "finetune"),
+                                   "loss.distill_weight": 0.5})
   distilled = loop.train(distill_config, str(tmp_path / "distill"))
+  logged = read_metrics(str(tmp_path / "distill"))[-1]
+  assert np.isfinite([logged["train/kd_loss"], logged["train/sup_loss"]]).all()
   teacher = distilled["state"].model_state["teacher"]
   assert leaves_equal(teacher, state.model_state["ema"])  # frozen, the teacher's evaluated model
   images = jax.numpy.zeros((4, 28, 28, 1))
@@ -78,6 +91,19 @@ def test_three_stages_start_from_the_previous_one(fashion_mnist_dir, tmp_path):
   with pytest.raises(ValueError, match=r"simclrv2.pretrained=.*model.resnet.width: 8 there, "
                                        r"16 here"):
     loop.build_method(wider).warm_start({}, mesh)
+  more_labels = stage_config("distill", fashion_mnist_dir,
+                             **{"simclrv2.teacher": str(tmp_path / "finetune"),
+                                "semi.labels_per_class": 5})
+  with pytest.raises(ValueError, match=r"simclrv2.teacher=.*semi.labels_per_class=4; this run "
+                                       r"has semi.labels_per_class=5"):
+    loop.build_method(more_labels).warm_start({}, mesh)
+  # A stage that has not finished (preempted, or still running) is not started from.
+  config_path = tmp_path / "pretrain" / "config.json"
+  saved = json.loads(config_path.read_text())
+  config_path.write_text(json.dumps({**saved, "total_steps": 8}))
+  with pytest.raises(ValueError, match=r"simclrv2.pretrained=.* has not finished: its last "
+                                       r"checkpoint is step 4 of 8"):
+    loop.build_method(finetune_config).warm_start(fresh, mesh)
 
 
 def test_stages_refuse_a_missing_previous_run(fashion_mnist_dir, tmp_path):

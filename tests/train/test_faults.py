@@ -24,8 +24,11 @@ from tests.train.helpers import (REPO, kill_processes, main_command, restore_sta
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--config.total_steps=120", "--config.checkpoint_every=10", "--config.log_every=1",
-         "--config.eval.enabled=False"]
+# 40 steps: a SIGTERM sent when step 10's checkpoint appears lands well before the end (the run
+# stops at the next step), and every restart runs a few dozen steps, not a hundred.
+TOTAL_STEPS = 40
+FLAGS = [f"--config.total_steps={TOTAL_STEPS}", "--config.checkpoint_every=10",
+         "--config.log_every=1", "--config.eval.enabled=False"]
 
 
 def _losses(workdir):
@@ -44,7 +47,7 @@ def _assert_same_final_state(workdir_a, workdir_b, step):
 
 @pytest.fixture(scope="module")
 def straight(fashion_mnist_dir, tmp_path_factory):
-  """The uninterrupted 120-step run."""
+  """The uninterrupted run of TOTAL_STEPS steps."""
   workdir = tmp_path_factory.mktemp("straight")
   run_main(workdir, fashion_mnist_dir, *FLAGS)
   return workdir
@@ -118,11 +121,11 @@ def test_sigterm_saves_exits_zero_and_the_restart_ends_equal(fashion_mnist_dir, 
   saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   # It stopped part-way, and saved the step it stopped at (not only the periodic ones).
   last = saved[-1]
-  assert 10 < last < 120, saved
+  assert 10 < last < TOTAL_STEPS, saved
   assert [r["step"] for r in read_metrics(str(tmp_path))] == list(range(1, last + 1))
 
   run_main(tmp_path, fashion_mnist_dir, *FLAGS)
-  _assert_same_final_state(straight, tmp_path, 120)
+  _assert_same_final_state(straight, tmp_path, TOTAL_STEPS)
   np.testing.assert_array_equal(_losses(straight), _losses(tmp_path))
 
 
@@ -141,7 +144,7 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(fashion_mnist_dir, 
   assert os.path.isdir(marker.read_text())  # the half-written step 20 is left as a temporary
 
   run_main(tmp_path / "run", fashion_mnist_dir, *FLAGS)  # resumes from 10
-  _assert_same_final_state(straight, tmp_path / "run", 120)
+  _assert_same_final_state(straight, tmp_path / "run", TOTAL_STEPS)
   np.testing.assert_array_equal(_losses(straight), _losses(tmp_path / "run"))
 
 

@@ -106,6 +106,25 @@ def test_gradient_clipping():
   np.testing.assert_allclose(float(optax.global_norm(updates)), 1.0, rtol=1e-5)
 
 
+def test_lars_trust_ratio_exclude_updates_those_parameters_by_plain_momentum_sgd():
+  """SimCLRv2's classifier head (optim.trust_ratio_exclude): lr * g, not lr * eta |w|/|g| * g;
+  every other weight matrix keeps LARS's trust ratio. A name that is no parameter is refused."""
+  c = _config(name="lars", lr=0.5, lr_scaling="none", weight_decay=0.0, momentum=0.0,
+              warmup_steps=0, trust_ratio_exclude=("head",))
+  tx, _ = optim.make_optimizer(c, 256, total_steps=10)
+  params = {"head": {"w": jnp.full((2, 3), 2.0)}, "encoder": {"w": jnp.full((2, 3), 2.0)}}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["head"]["w"], -0.5 * 0.1, rtol=1e-6)
+  trust = c.trust_coefficient * np.linalg.norm(np.full((2, 3), 2.0)) / np.linalg.norm(
+      np.full((2, 3), 0.1))
+  np.testing.assert_allclose(updates["encoder"]["w"], -0.5 * trust * 0.1, rtol=1e-5)
+  typo = _config(name="lars", warmup_steps=0, trust_ratio_exclude=("heads",))
+  tx, _ = optim.make_optimizer(typo, 256, total_steps=10)
+  with pytest.raises(ValueError, match=r"optim.trust_ratio_exclude names \['heads'\]"):
+    tx.init(params)
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("name", "adam9", "optim.name"),
     ("lr", 0.0, "optim.lr"),
