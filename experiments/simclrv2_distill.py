@@ -31,13 +31,9 @@ from sslx.train import loop, runs
 
 def teacher_network(config) -> experiment.Network:
   """The teacher's Network: FineTunedClassifier on simclrv2.teacher_model and config.projector."""
-  spec = experiment.images_for(config, view_config=config.semi.weak)
-  teacher_config = ml_collections.ConfigDict({"model": config.simclrv2.teacher_model,
-                                              "projector": config.projector})
-  return experiment.Network(
-      lambda rngs: FineTunedClassifier(teacher_config, spec.view_shape, spec.num_classes,
-                                       rngs=rngs),
-      config.simclrv2.teacher_model.dtype)
+  teacher_config = ml_collections.ConfigDict(config.to_dict())
+  teacher_config.model = config.simclrv2.teacher_model
+  return _semisup.classifier(teacher_config, FineTunedClassifier)[0]
 
 
 def _check_teacher_run(config, saved) -> None:
@@ -51,13 +47,10 @@ def _check_teacher_run(config, saved) -> None:
                     config.projector.to_dict(), "projector")
   # The teacher saw the labels of this split (its seed and count) and the same unlabelled set:
   # the student's row is then that of this many labels, whether or not it sees them itself.
-  fields = ["data.name", "seed", "semi.labels_per_class", "semi.unlabelled"]
+  fields = ("data.name", "seed", "semi.labels_per_class", "semi.unlabelled")
   saved_fields, fields_here = (runs.flatten(c.to_dict()) for c in (saved, config))
-  differ = [f for f in fields if saved_fields.get(f) != fields_here.get(f)]
-  if differ:
-    raise ValueError(f"simclrv2.teacher={workdir!r} was fine-tuned with "
-                     f"{', '.join(f'{f}={saved_fields.get(f)!r}' for f in differ)}; this run "
-                     f"has {', '.join(f'{f}={fields_here.get(f)!r}' for f in differ)}")
+  check_same_fields("simclrv2.teacher", workdir, {f: saved_fields.get(f) for f in fields},
+                    {f: fields_here.get(f) for f in fields}, "")
 
 
 def get_method(config) -> Method:

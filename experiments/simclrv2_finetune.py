@@ -63,8 +63,8 @@ def check_same_fields(name: str, workdir: str, saved: dict, current: dict, prefi
   if differ:
     diffs = ", ".join(f"{prefix + '.' if prefix else ''}{k}: {saved.get(k)!r} there, "
                       f"{current.get(k)!r} here" for k in differ)
-    raise ValueError(f"{name}={workdir!r} was trained with other settings ({diffs}); its "
-                     f"parameters do not fit this run: set them as that run did")
+    raise ValueError(f"{name}={workdir!r} was trained with other settings ({diffs}); this "
+                     f"run must take that run's: set them as it did")
 
 
 def loaded_like(name: str, fresh, loaded):

@@ -94,8 +94,8 @@ def test_three_stages_start_from_the_previous_one(fashion_mnist_dir, tmp_path):
   more_labels = stage_config("distill", fashion_mnist_dir,
                              **{"simclrv2.teacher": str(tmp_path / "finetune"),
                                 "semi.labels_per_class": 5})
-  with pytest.raises(ValueError, match=r"simclrv2.teacher=.*semi.labels_per_class=4; this run "
-                                       r"has semi.labels_per_class=5"):
+  with pytest.raises(ValueError, match=r"simclrv2.teacher=.*semi.labels_per_class: 4 there, "
+                                       r"5 here"):
     loop.build_method(more_labels).warm_start({}, mesh)
   # A stage that has not finished (preempted, or still running) is not started from.
   config_path = tmp_path / "pretrain" / "config.json"
