@@ -7,6 +7,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.train.helpers import xla_flags
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_quickstart_notebook_runs(fashion_mnist_dir, monkeypatch):
   monkeypatch.setenv("SSLX_DATA_DIR", fashion_mnist_dir)
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  monkeypatch.setenv("XLA_FLAGS", xla_flags(1))
   nb = nbformat.read(os.path.join(REPO, "colabs", "quickstart.ipynb"), as_version=4)
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": os.path.join(REPO, "colabs")}}).execute()
@@ -42,7 +44,7 @@ def test_losses_in_your_project_notebook_runs():
 @pytest.mark.slow
 def test_evaluate_representations_notebook_runs(fashion_mnist_dir, monkeypatch):
   monkeypatch.setenv("SSLX_DATA_DIR", fashion_mnist_dir)
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  monkeypatch.setenv("XLA_FLAGS", xla_flags(1))
   monkeypatch.delenv("SSLX_EVAL_WORKDIR", raising=False)
   nb = nbformat.read(os.path.join(REPO, "colabs", "evaluate_representations.ipynb"),
                      as_version=4)
@@ -64,7 +66,7 @@ def test_semi_supervised_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.setenv("SSLX_NOTEBOOK_STEPS", "4")
   monkeypatch.setenv("SSLX_NOTEBOOK_EVALS", "2")
   monkeypatch.setenv("SSLX_NOTEBOOK_TEST_EXAMPLES", "1000")
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  monkeypatch.setenv("XLA_FLAGS", xla_flags(1))
   nb = nbformat.read(os.path.join(REPO, "colabs", "semi_supervised.ipynb"), as_version=4)
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": os.path.join(REPO, "colabs")}}).execute()

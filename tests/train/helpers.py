@@ -62,9 +62,16 @@ def main_command(workdir, data_dir, *flags, config=SMOKE):
           f"--config.data.data_dir={data_dir}", "--config.data.allow_download=False", *flags]
 
 
+def xla_flags(num_devices: int) -> str:
+  """The test session's XLA_FLAGS (tests/conftest.py) with `num_devices` fake CPU devices."""
+  kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+          if not flag.startswith("--xla_force_host_platform_device_count=")]
+  return " ".join([*kept, f"--xla_force_host_platform_device_count={num_devices}"])
+
+
 def subprocess_env(num_devices=8):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["XLA_FLAGS"] = xla_flags(num_devices)
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   return env
