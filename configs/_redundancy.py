@@ -44,9 +44,7 @@ def facebook_imagenet_lars(c: ml_collections.ConfigDict, *, lr: float, weight_de
   c.optim.weight_decay = weight_decay
   c.optim.warmup_steps = common.epochs_to_steps(10, "imagenet", batch_size)
   c.optim.end_lr_fraction = 0.001
-  c.augment.saturation = 0.2
-  c.augment_view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
-  c.augment_view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
+  common.byol_views(c)
 
 
 def shrink_for_smoke(c: ml_collections.ConfigDict, *, hidden: int = 32, out_features: int = 16

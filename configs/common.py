@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   # momentum SGD: SimCLRv2's new classifier head (its released code's exclusion), which starts
   # near zero, where a trust ratio proportional to |w| would barely move it.
   c.optim.trust_ratio_exclude = ()
+  # Top-level parameter names kept out of weight decay besides biases, norms and tokens (which
+  # never decay): MSN's prototypes.
+  c.optim.weight_decay_exclude = ()
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.warmup_steps = 100
@@ -230,6 +233,15 @@ def method_config(experiment: str, dataset: str) -> ml_collections.ConfigDict:
     # and the L-BFGS probe all scale with it (README, "Evaluation at ImageNet scale").
     c.eval.train_fraction = 0.1
   return c
+
+
+def byol_views(c: ml_collections.ConfigDict) -> None:
+  """BYOL's ImageNet views (Grill et al. 2020, Table 6), which MoCo v3, NNCLR, MoBY, DINO's
+  global crops and others reuse: saturation 0.2, the first view always blurred and never
+  solarised, the second blurred with p 0.1 and solarised with p 0.2."""
+  c.augment.saturation = 0.2
+  c.augment_view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
+  c.augment_view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
 
 
 def ema_config(base: float, reference_batch_size: int, *, final: float = 1.0,

@@ -38,9 +38,7 @@ def _moby_recipe(c, dataset) -> None:
   c.optim.warmup_steps = common.epochs_to_steps(5, dataset, c.batch_size)
   c.ema = common.ema_config(base=0.99, reference_batch_size=512)
   # AUG.SSL_AUG_TYPE "byol": asymmetric blur and solarisation, saturation 0.2, crop 0.08.
-  c.augment.saturation = 0.2
-  c.augment_view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
-  c.augment_view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
+  common.byol_views(c)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -74,9 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = common.epochs_to_steps(40, dataset, c.batch_size)
     c.ema = common.ema_config(base=0.99, reference_batch_size=4096)
     # moco-v3 main_moco.py: BYOL's asymmetric blur / solarisation, saturation 0.2, crop 0.08.
-    c.augment.saturation = 0.2
-    c.augment_view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
-    c.augment_view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
+    common.byol_views(c)
   if args.get("smoke"):
     common.shrink_for_smoke(c)
     c.projector.hidden = (32,) * len(c.projector.hidden)

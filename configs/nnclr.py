@@ -62,9 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-6
     c.optim.warmup_steps = common.epochs_to_steps(10, dataset, c.batch_size)
     # BYOL's augmentations (NNCLR Sec. 4.1): asymmetric blur and solarisation, saturation 0.2.
-    c.augment.saturation = 0.2
-    c.augment_view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
-    c.augment_view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
+    common.byol_views(c)
   if args.get("smoke"):
     common.shrink_for_smoke(c)
     c.projector.hidden = (32, 32)

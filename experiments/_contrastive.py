@@ -50,9 +50,7 @@ def two_view_method(config, build_model: Callable, objective: Objective,
     del batch  # the model's shapes come from the config and the dataset
     return {**net.init(rng), **init_state()}
 
-  def apply(variables, x):
-    model = net.merge(variables["params"], variables["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
+  apply = experiment.encoder_apply(net, images)
 
   def loss(params, variables, batch, rng):
     (v1, v2), encoder_rng = experiment.two_views(rng, batch["image"], config, images)

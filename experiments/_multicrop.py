@@ -92,6 +92,13 @@ def frozen_until(tree, step, until_step: int):
   return jax.tree.map(lambda p: jnp.where(frozen, jax.lax.stop_gradient(p), p), tree)
 
 
+def teacher_copy(variables: dict) -> dict:
+  """The EMA teacher's first variables: a copy of the student's params and batch_stats (DINO,
+  iBOT and MSN start their teacher as the student, the authors' deepcopy)."""
+  return jax.tree.map(jnp.copy, {"params": variables["params"],
+                                 "batch_stats": variables["batch_stats"]})
+
+
 def teacher_network(config, build: Callable[[Any], "MultiCropNetwork"],
                     student: "MultiCropNetwork") -> "MultiCropNetwork":
   """The network an EMA teacher runs: ``build(config)`` without stochastic depth (DINO's and

@@ -72,9 +72,7 @@ def redundancy_method(config, objective: Objective, *, num_views: int = 2) -> Me
     del batch  # the model's shapes come from the config and the dataset
     return net.init(rng)
 
-  def apply(variables, x):
-    model = net.merge(variables["params"], variables["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
+  apply = experiment.encoder_apply(net, images)
 
   def loss(params, variables, batch, rng):
     view_rng, encoder_rng, objective_rng = jax.random.split(rng, 3)

@@ -53,15 +53,6 @@ def check_config(config) -> None:
     raise ValueError(f"loss.center_momentum must be in [0, 1], got {c.center_momentum}")
 
 
-def teacher_backbone_apply(net, images):
-  """`Method.apply` of DINO and iBOT: the EMA teacher's backbone, as both papers evaluate."""
-  def apply(variables, x):
-    teacher = variables["teacher"]
-    model = net.merge(teacher["params"], teacher["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
-  return apply
-
-
 def get_method(config) -> Method:
   check_config(config)
   loss_config = config.loss
@@ -78,12 +69,10 @@ def get_method(config) -> Method:
     del batch
     variables = net.init(rng)
     # The teacher starts as a copy of the student (main_dino.py); the center at zero.
-    teacher = jax.tree.map(jnp.copy, {"params": variables["params"],
-                                      "batch_stats": variables["batch_stats"]})
-    return {**variables, "teacher": teacher,
+    return {**variables, "teacher": _multicrop.teacher_copy(variables),
             "center": jnp.zeros((config.head.out_features,), jnp.float32)}
 
-  apply = teacher_backbone_apply(net, images)
+  apply = experiment.encoder_apply(net, images, teacher=True)  # as the paper evaluates
 
   def loss(params, variables, batch, rng):
     step = variables["step"]

@@ -21,7 +21,7 @@ from flax import nnx
 
 from experiments import _multicrop
 from experiments.dino import check_config as check_dino_config
-from experiments.dino import DINOModel, teacher_backbone_apply, teacher_temperature
+from experiments.dino import DINOModel, teacher_temperature
 from experiments.dino import save_pictures  # noqa: F401  the teacher's attention maps, as DINO's
 from sslx import experiment
 from sslx.data.masks import ibot_block_masks, ibot_pred_ratios
@@ -109,16 +109,15 @@ def get_method(config) -> Method:
     del batch
     variables = net.init(rng)
     # The teacher starts as a copy of the student; both centers at zero.
-    teacher = jax.tree.map(jnp.copy, {"params": variables["params"],
-                                      "batch_stats": variables["batch_stats"]})
     k = config.head.out_features
-    variables = {**variables, "teacher": teacher, "center": jnp.zeros((k,), jnp.float32),
+    variables = {**variables, "teacher": _multicrop.teacher_copy(variables),
+                 "center": jnp.zeros((k,), jnp.float32),
                  "patch_center": jnp.zeros((k,), jnp.float32)}
     if not variables["batch_stats"]:  # no BatchNorm in the head: no state entry that never moves
       del variables["batch_stats"]
     return variables
 
-  apply = teacher_backbone_apply(net, images)
+  apply = experiment.encoder_apply(net, images, teacher=True)  # as the paper evaluates
 
   def loss(params, variables, batch, rng):
     step = variables["step"]

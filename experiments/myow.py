@@ -80,9 +80,7 @@ def get_method(config) -> Method:
                "batch_stats": followed(variables["batch_stats"])}
     return {**variables, "teacher": jax.tree.map(jnp.copy, teacher)}
 
-  def apply(variables, x):  # the online encoder, as BYOL
-    model = online.merge(variables["params"], variables["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
+  apply = experiment.encoder_apply(online, images)  # the online encoder, as BYOL
 
   def loss(params, variables, batch, rng):
     (v1, v2), encoder_rng = experiment.two_views(rng, batch["image"], config, images)

@@ -161,9 +161,7 @@ def get_method(config) -> Method:
     del batch  # the model's shapes come from the config and the dataset
     return net.init(rng)
 
-  def apply(variables, x):
-    model = net.merge(variables["params"], variables["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
+  apply = experiment.encoder_apply(net, images)
 
   def loss(params, variables, batch, rng):
     view_rng, encoder_rng = jax.random.split(rng)

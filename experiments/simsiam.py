@@ -56,9 +56,7 @@ def siamese_method(config, objective: Objective, *, extra_outputs: int = 0) -> M
     del batch  # shapes come from the config and the dataset
     return net.init(rng)
 
-  def apply(variables, x):
-    model = net.merge(variables["params"], variables["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
+  apply = experiment.encoder_apply(net, images)
 
   def loss(params, variables, batch, rng):
     (v1, v2), encoder_rng = experiment.two_views(rng, batch["image"], config, images)

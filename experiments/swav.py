@@ -57,9 +57,7 @@ def get_method(config) -> Method:
           (len(CROPS_FOR_ASSIGN), loss_config.queue_length, config.projector.out_features))
     return variables
 
-  def apply(variables, x):
-    model = net.merge(variables["params"], variables["batch_stats"])
-    return model.encoder(images.for_eval(x), train=False)
+  apply = experiment.encoder_apply(net, images)
 
   def loss(params, variables, batch, rng):
     step = variables["step"]

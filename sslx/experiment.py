@@ -105,6 +105,20 @@ class Network:
     return sharding.logical_axes(nnx.state(self.abstract, nnx.Param))
 
 
+def encoder_apply(net, images: Images, *, teacher: bool = False) -> Callable:
+  """`Method.apply` evaluating the encoder (the ``.encoder`` module) of `net` (a `Network`, or
+  anything with its ``merge``) on evaluation images: the online network's, or with
+  ``teacher=True`` the EMA teacher's in ``variables["teacher"]`` (DINO, iBOT and MSN evaluate
+  the teacher)."""
+
+  def apply(variables, x):
+    source = variables["teacher"] if teacher else variables
+    model = net.merge(source["params"], source["batch_stats"])
+    return model.encoder(images.for_eval(x), train=False)
+
+  return apply
+
+
 def without_stochastic_depth(config):
   """A copy of `config` whose encoder never drops a residual branch (model.vit.drop_path_rate
   and model.resnet.stochastic_depth 0): for EMA teachers and momentum encoders, which the

@@ -48,6 +48,8 @@ from sslx.losses.redundancy import (
     w_mse,
     cca_ey,
     pls_ey,
+    sigreg,
+    lejepa,
 )
 from sslx.losses.clustering import (
     sinkhorn_knopp,
@@ -106,6 +108,7 @@ __all__ = [
     "isogclr",
     "knowledge_distillation",
     "koleo",
+    "lejepa",
     "mae",
     "mean_teacher",
     "mixed_barlow_twins_regularizer",
@@ -121,6 +124,7 @@ __all__ = [
     "nt_xent_blockwise",
     "patchify",
     "pls_ey",
+    "sigreg",
     "sinkhorn_knopp",
     "soft_pseudo_label_mixup",
     "softmatch",

@@ -15,7 +15,7 @@ from sslx.losses._common import (
 
 # --- Differentiable sorting network (Petersen et al.) -------------------------------------------
 
-_RELAXATIONS = ("cauchy", "logistic")
+RELAXATIONS = ("cauchy", "logistic")
 
 
 @functools.lru_cache(maxsize=None)
@@ -161,8 +161,8 @@ def groco(
   _checks.check_positive("steepness", steepness)
   if not isinstance(num_negatives, (int, np.integer)) or num_negatives < 1:
     raise ValueError(f"num_negatives must be an integer >= 1, but got {num_negatives!r}.")
-  if relaxation not in _RELAXATIONS:
-    raise ValueError(f"relaxation must be one of {_RELAXATIONS}, but got {relaxation!r}.")
+  if relaxation not in RELAXATIONS:
+    raise ValueError(f"relaxation must be one of {RELAXATIONS}, but got {relaxation!r}.")
   _checks.check_global_batch_size(
       "z1", z1, axis_name, num_negatives + 1,
       f"each anchor needs num_negatives={num_negatives} other examples as negatives")

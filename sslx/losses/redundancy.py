@@ -1,13 +1,13 @@
-"""Redundancy-reduction and covariance-based losses: Barlow Twins, Mixed Barlow Twins, VICReg,
-W-MSE and the Eckhart-Young CCA family (SSL-EY, PLS-EY).
+"""Redundancy-reduction, covariance-based and distribution-matching losses: Barlow Twins, Mixed
+Barlow Twins, VICReg, W-MSE, the Eckhart-Young CCA family (SSL-EY, PLS-EY), and LeJEPA's SIGReg.
 
 All of them are functions of batch statistics (means, variances, cross-correlations,
-covariances), so the statistics must be those of the *global* batch. Every loss here reduces the
-per-device sums with ``psum`` inside ``jax.shard_map`` (never a per-device mean or variance), so
-one device, ``jax.jit`` over a mesh and ``jax.shard_map`` with ``axis_name`` give the same value
-and gradient. The PyTorch reference implementations get this wrong in places (per-device
-standardisation, a cross-correlation divided by the local batch size); the docstrings say where
-this module deliberately differs.
+covariances, empirical characteristic functions), so the statistics must be those of the
+*global* batch. Every loss here reduces the per-device sums with ``psum`` inside
+``jax.shard_map`` (never a per-device mean or variance), so one device, ``jax.jit`` over a mesh
+and ``jax.shard_map`` with ``axis_name`` give the same value and gradient. The PyTorch reference
+implementations get this wrong in places (per-device standardisation, a cross-correlation
+divided by the local batch size); the docstrings say where this module deliberately differs.
 """
 
 import numbers
@@ -668,3 +668,171 @@ def pls_ey(
   between = s12 + s12.T
   gram = (jnp.matmul(w1.T, w1, precision=_HIGHEST) + jnp.matmul(w2.T, w2, precision=_HIGHEST))
   return -2.0 * jnp.trace(between) + jnp.sum(gram * gram)
+
+
+# --- SIGReg and LeJEPA ---------------------------------------------------------------------------
+
+
+def _epps_pulley_knots(t_max: float, num_knots: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Knots ``t`` of [0, t_max], the standard normal's characteristic function ``phi(t)`` there,
+  and trapezoid weights for the integral over [-t_max, t_max] of an even function times
+  ``phi``: the error is even in t, so the negative half is the positive one counted twice (the
+  end knot t = 0 once)."""
+  t = jnp.linspace(0.0, t_max, num_knots, dtype=jnp.float32)
+  phi = jnp.exp(-0.5 * t * t)
+  step = t_max / (num_knots - 1)
+  weights = jnp.full((num_knots,), 2.0 * step).at[0].set(step).at[-1].set(step)
+  return t, phi, weights * phi
+
+
+def sigreg(
+    z: jax.Array,
+    directions: jax.Array,
+    *,
+    t_max: float = 3.0,
+    num_knots: int = 17,
+    axis_name: Hashable | None = None,
+) -> jax.Array:
+  r"""SIGReg: how far the embeddings ``z`` are from an isotropic standard Gaussian, tested along
+  random 1-D projections with the Epps-Pulley statistic.
+
+  From Balestriero and LeCun, "LeJEPA: Provable and Scalable Self-Supervised Learning Without
+  the Heuristics", 2025 (arXiv:2511.08544), Sec. 4 and Algorithm 1 (sketched isotropic Gaussian
+  regularisation). By Cramer-Wold, ``z ~ N(0, I)`` iff every 1-D projection is ``N(0, 1)``;
+  SIGReg tests ``M`` of them. For a global batch of ``N`` rows and each unit direction
+  ``a_m = directions[:, m] / |directions[:, m]|``, with ``x_k = z_k . a_m``::
+
+      ecf_m(t)  = 1/N * sum_k exp(i t x_k)                   (empirical characteristic function)
+      phi(t)    = exp(-t^2 / 2)                              (that of N(0, 1))
+      EP_m      = N * integral_{-t_max}^{t_max} |ecf_m(t) - phi(t)|^2 phi(t) dt
+      L         = 1/M * sum_m EP_m
+
+  The integral is the trapezoid rule on ``num_knots`` knots of [0, t_max], counted twice (the
+  integrand is even in t), as in the authors' ``lejepa.univariate.EppsPulley`` (t_max 3, 17
+  knots); ``|ecf - phi|^2 = (mean cos(t x) - phi)^2 + (mean sin(t x))^2``. The means over the
+  batch are global (``pmean`` of per-device means inside ``jax.shard_map``), so the value and
+  gradient are the single-device ones on any mesh; the authors all-reduce them the same way.
+
+  The directions are an argument, not drawn here, so the loss is a pure function: draw them
+  afresh each step with a key that is the same on every device (the authors seed with the global
+  step), e.g. ``jax.random.normal(jax.random.fold_in(key, step), (D, M))``. Their norms do not
+  matter (each column is normalised).
+
+  Args:
+    z: ``[b, D]`` embeddings (LeJEPA: one view's projections).
+    directions: ``[D, M]`` projection directions, replicated on every device (``in_specs=P()``
+      inside ``jax.shard_map``); columns must be non-zero. No gradient is meant to flow into
+      them.
+    t_max: the integration range [-t_max, t_max], > 0.
+    num_knots: knots on [0, t_max], an integer >= 2.
+    axis_name: ``None`` for global arrays, or the mapped axis inside ``jax.shard_map`` (all shards
+      must have the same ``b``).
+
+  Returns:
+    A float32 scalar, the same on every device. For ``N(0, I)`` samples its expectation is
+    ``integral (1 - phi^2) phi dt = 1.05`` whatever ``N`` (``E|ecf - phi|^2 = (1 - phi^2) / N``);
+    for any other distribution it grows like ``N``.
+    ``jax.grad`` inside a ``shard_map`` body gives ``dL/d(local shard)``.
+
+  Raises:
+    ValueError: if ``z`` or ``directions`` is not rank 2, their ``D`` differ, ``t_max`` is a
+      number <= 0, or ``num_knots`` is not an integer >= 2.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sslx.losses import sigreg
+    >>> directions = jax.random.normal(jax.random.PRNGKey(0), (8, 64))
+    >>> gaussian = jax.random.normal(jax.random.PRNGKey(1), (1024, 8))
+    >>> collapsed = jnp.zeros((1024, 8))  # every projection is 0: ecf = 1 for every t
+    >>> float(sigreg(gaussian, directions)) < 2.0, float(sigreg(collapsed, directions)) > 100.0
+    (True, True)
+  """
+  _checks.check_rank("z", z, 2, "[batch, dim]")
+  _checks.check_rank("directions", directions, 2, f"[dim, num_slices] = [{z.shape[1]}, M]")
+  if directions.shape[0] != z.shape[1]:
+    raise ValueError(f"directions must have shape [dim, num_slices] with dim = {z.shape[1]} "
+                     f"(that of z of shape {tuple(z.shape)}), but got shape "
+                     f"{tuple(directions.shape)}.")
+  _checks.check_positive("t_max", t_max)
+  if isinstance(num_knots, bool) or not isinstance(num_knots, numbers.Integral) or num_knots < 2:
+    raise ValueError(f"num_knots must be an integer >= 2, but got {num_knots!r}.")
+  z, directions = as_float32(z, directions)
+  global_batch = _checks.check_global_batch_size("z", z, axis_name, 1, "the statistic needs rows")
+  unit = directions / jnp.linalg.norm(directions, axis=0, keepdims=True)
+  projected = jnp.matmul(z, unit, precision=_HIGHEST)  # [b, M]
+  t, phi, weights = _epps_pulley_knots(float(t_max), int(num_knots))
+  angles = projected[:, :, None] * t  # [b, M, T]
+  real = batch_mean(jnp.cos(angles), axis_name)  # [M, T]
+  imaginary = batch_mean(jnp.sin(angles), axis_name)
+  squared_error = (real - phi) ** 2 + imaginary**2
+  return jnp.mean(global_batch * jnp.matmul(squared_error, weights, precision=_HIGHEST))
+
+
+def lejepa(
+    global_z: jax.Array,
+    local_z: jax.Array | None,
+    directions: jax.Array,
+    *,
+    lambd: float | jax.Array = 0.05,
+    t_max: float = 3.0,
+    num_knots: int = 17,
+    axis_name: Hashable | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  r"""The LeJEPA loss: every view's projection predicts the mean of the global views' ones, and
+  SIGReg keeps each view's projections an isotropic Gaussian.
+
+  From Balestriero and LeCun, "LeJEPA: Provable and Scalable Self-Supervised Learning Without
+  the Heuristics", 2025 (arXiv:2511.08544), Algorithm 1 and the authors' ``MINIMAL.md``. With
+  ``V_g`` global and ``V_l`` local views (``V = V_g + V_l``), a global batch of ``N`` and ``K``
+  dimensions::
+
+      c_k        = 1/V_g * sum_{g global} z_{g,k}                  (no stop-gradient)
+      prediction = 1/(V N K) * sum_{v all} sum_k |c_k - z_{v,k}|^2
+      L          = (1 - lambd) * prediction + lambd * 1/V * sum_{v all} sigreg(z_v, directions)
+
+  with the same ``directions`` for every view (the authors draw one matrix per step).
+
+  Args:
+    global_z: ``[V_g, b, K]`` projections of the global views (``V_g >= 1``).
+    local_z: ``[V_l, b, K]`` projections of the local views, or ``None`` (a two-view run).
+    directions: ``[K, M]`` SIGReg directions, replicated (see `sigreg`).
+    lambd: the trade-off in [0, 1], LeJEPA's one hyperparameter (0.05 in the paper's ImageNet
+      runs, 0.02 in ``MINIMAL.md``). Python numbers are checked, arrays used as is.
+    t_max, num_knots: SIGReg's integration range and knots (see `sigreg`).
+    axis_name: ``None`` for global arrays, or the mapped axis inside ``jax.shard_map``.
+
+  Returns:
+    ``(L, {"prediction": ..., "sigreg": ...})``: float32 scalars, the same on every device; the
+    two unweighted terms are for logging.
+
+  Raises:
+    ValueError: if the views are not rank 3, ``local_z`` differs from ``global_z`` in ``b`` or
+      ``K``, ``lambd`` is a number outside [0, 1], or `sigreg` refuses its arguments.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sslx.losses import lejepa
+    >>> z = jax.random.normal(jax.random.PRNGKey(0), (512, 4))
+    >>> directions = jax.random.normal(jax.random.PRNGKey(1), (4, 16))
+    >>> loss, terms = lejepa(jnp.stack([z, z]), None, directions)  # two identical views
+    >>> float(terms["prediction"]), bool(terms["sigreg"] < 2.0)
+    (0.0, True)
+  """
+  _checks.check_rank("global_z", global_z, 3, "[views, batch, dim]")
+  views = global_z
+  if local_z is not None:
+    _checks.check_rank("local_z", local_z, 3, "[views, batch, dim]")
+    if local_z.shape[1:] != global_z.shape[1:]:
+      raise ValueError(f"local_z must have shape [V_l, {global_z.shape[1]}, {global_z.shape[2]}] "
+                       f"(batch and dim of global_z of shape {tuple(global_z.shape)}), but got "
+                       f"shape {tuple(local_z.shape)}.")
+    views = jnp.concatenate([jnp.asarray(global_z), jnp.asarray(local_z)])
+  _checks.check_unit_interval("lambd", lambd)
+  (views,) = as_float32(views)
+  centres = jnp.mean(views[:global_z.shape[0]], axis=0)
+  prediction = batch_mean(jnp.mean((views - centres) ** 2, axis=(0, 2)), axis_name)
+  regulariser = jnp.mean(jnp.stack([
+      sigreg(view, directions, t_max=t_max, num_knots=num_knots, axis_name=axis_name)
+      for view in views]))
+  loss = (1.0 - lambd) * prediction + lambd * regulariser
+  return loss, {"prediction": prediction, "sigreg": regulariser}

@@ -2,6 +2,8 @@
 weight decay (and LARS trust ratios) applied to weight matrices only, never to biases or norms.
 """
 
+from collections.abc import Callable
+
 import jax
 import optax
 
@@ -53,31 +55,43 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def decay_mask_excluding(field: str, excluded) -> Callable:
+  """`decay_mask` with the top-level parameters named in `excluded` (the config field `field`)
+  set False; a name that is no top-level parameter is refused (at ``tx.init``), naming the
+  field."""
+  excluded = tuple(excluded)
+
+  def mask(params):
+    unknown = sorted(set(excluded) - set(params))
+    if unknown:
+      raise ValueError(f"{field} names {unknown}, which are not top-level parameters; they are "
+                       f"{sorted(params)}")
+
+    def kept(path, decays):
+      return decays and getattr(path[0], "key", None) not in excluded
+    return jax.tree_util.tree_map_with_path(kept, decay_mask(params))
+
+  return mask
+
+
 def make_optimizer(config, global_batch_size: int, total_steps: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   schedule = make_schedule(config, global_batch_size, total_steps)
+  weight_decay_mask = decay_mask_excluding("optim.weight_decay_exclude",
+                                           config.get("weight_decay_exclude", ()))
   if config.name == "lars":
-    excluded = tuple(config.get("trust_ratio_exclude", ()))
-
-    def trust_ratio_mask(params):
-      unknown = sorted(set(excluded) - set(params))
-      if unknown:
-        raise ValueError(f"optim.trust_ratio_exclude names {unknown}, which are not top-level "
-                         f"parameters; they are {sorted(params)}")
-
-      def adapted(path, decays):
-        return decays and getattr(path[0], "key", None) not in excluded
-      return jax.tree_util.tree_map_with_path(adapted, decay_mask(params))
-
-    tx = optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=decay_mask,
+    trust_ratio_mask = decay_mask_excluding("optim.trust_ratio_exclude",
+                                            config.get("trust_ratio_exclude", ()))
+    tx = optax.lars(schedule, weight_decay=config.weight_decay,
+                    weight_decay_mask=weight_decay_mask,
                     trust_coefficient=config.trust_coefficient,
                     trust_ratio_mask=trust_ratio_mask, momentum=config.momentum)
   elif config.name == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+    tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
                      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
   else:
     tx = optax.adamw(schedule, b1=config.b1, b2=config.b2,
-                     weight_decay=config.weight_decay, mask=decay_mask)
+                     weight_decay=config.weight_decay, mask=weight_decay_mask)
   if config.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx, schedule

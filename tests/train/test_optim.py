@@ -125,6 +125,22 @@ def test_lars_trust_ratio_exclude_updates_those_parameters_by_plain_momentum_sgd
     tx.init(params)
 
 
+def test_weight_decay_exclude_keeps_those_parameters_out_of_weight_decay():
+  """MSN's prototypes (optim.weight_decay_exclude): with a zero gradient AdamW moves only the
+  decayed matrices, by lr * wd * w. A name that is no parameter is refused."""
+  c = _config(name="adamw", lr=0.5, lr_scaling="none", weight_decay=0.1, warmup_steps=0,
+              weight_decay_exclude=("prototypes",))
+  tx, _ = optim.make_optimizer(c, 256, total_steps=10)
+  params = {"prototypes": jnp.full((4, 3), 2.0), "encoder": {"w": jnp.full((2, 3), 2.0)}}
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["prototypes"], 0.0)
+  np.testing.assert_allclose(updates["encoder"]["w"], -0.5 * 0.1 * 2.0, rtol=1e-6)
+  typo = _config(name="adamw", warmup_steps=0, weight_decay_exclude=("prototype",))
+  tx, _ = optim.make_optimizer(typo, 256, total_steps=10)
+  with pytest.raises(ValueError, match=r"optim.weight_decay_exclude names \['prototype'\]"):
+    tx.init(params)
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("name", "adam9", "optim.name"),
     ("lr", 0.0, "optim.lr"),
