@@ -13,8 +13,7 @@ from sslx.method import Method
 
 def check_config(config) -> None:
   c = config.loss
-  if not (isinstance(c.num_negatives, int) and c.num_negatives >= 1):
-    raise ValueError(f"loss.num_negatives must be an int >= 1, got {c.num_negatives!r}")
+  experiment.check_int_at_least("loss.num_negatives", c.num_negatives, 1)
   if c.num_negatives + 1 > config.batch_size:
     raise ValueError(f"loss.num_negatives ({c.num_negatives}) must be below batch_size "
                      f"({config.batch_size}): each anchor ranks that many other images")

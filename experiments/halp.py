@@ -52,8 +52,7 @@ def check_config(config) -> None:
   h = config.halp
   for field in ("num_prototypes", "prototype_examples", "refresh_every", "kmeans_iterations",
                 "num_positives", "num_candidates", "skip_closest"):
-    if isinstance(h[field], bool) or not (isinstance(h[field], int) and h[field] >= 1):
-      raise ValueError(f"halp.{field} must be an int >= 1, got {h[field]!r}")
+    experiment.check_int_at_least(f"halp.{field}", h[field], 1)
   if not h.num_prototypes <= h.prototype_examples <= config.queue_size:
     raise ValueError(f"halp.prototype_examples must be in [halp.num_prototypes, queue_size] = "
                      f"[{h.num_prototypes}, {config.queue_size}], got {h.prototype_examples}")

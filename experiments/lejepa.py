@@ -21,11 +21,9 @@ def check_config(config) -> None:
   c = config.loss
   if not 0 <= c.lambd <= 1:
     raise ValueError(f"loss.lambd must be in [0, 1], got {c.lambd!r}")
-  if isinstance(c.num_slices, bool) or not (isinstance(c.num_slices, int) and c.num_slices >= 1):
-    raise ValueError(f"loss.num_slices must be an int >= 1, got {c.num_slices!r}")
+  experiment.check_int_at_least("loss.num_slices", c.num_slices, 1)
   experiment.check_positive("loss.t_max", c.t_max)
-  if isinstance(c.num_knots, bool) or not (isinstance(c.num_knots, int) and c.num_knots >= 2):
-    raise ValueError(f"loss.num_knots must be an int >= 2, got {c.num_knots!r}")
+  experiment.check_int_at_least("loss.num_knots", c.num_knots, 2)
 
 
 def get_method(config) -> Method:

@@ -185,6 +185,12 @@ def check_positive(name: str, value) -> None:
     raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
+def check_int_at_least(name: str, value, minimum: int) -> None:
+  """A ValueError naming the config field unless `value` is an int (not a bool) >= `minimum`."""
+  if isinstance(value, bool) or not (isinstance(value, int) and value >= minimum):
+    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
 def check_non_negative(name: str, value) -> None:
   """A ValueError naming the config field unless `value` >= 0."""
   if not value >= 0:
