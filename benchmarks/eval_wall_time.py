@@ -22,7 +22,7 @@ those arrays:
 The features are random (class means plus Gaussian noise). The time of an iteration does not
 depend on their values; the number of iterations does, so the probe is reported per 100
 iterations and at the 2,500-iteration cap. Feature extraction is not timed here (no accelerator,
-no ImageNet on this machine); the README estimates it from the measured host decode rate.
+no ImageNet on this machine); docs/evaluation.md estimates it from the measured host decode rate.
 """
 
 import json

@@ -323,9 +323,9 @@ def notes(row) -> str:
   out = []
   if row["fallback_count"]:
     out.append(f"{row['fallback_count']} parameters fall back to replication "
-               f"({row['fallback_bytes'] / MIB:.1f} MiB), e.g. {row['fallbacks'][0]['leaf']} "
-               f"{row['fallbacks'][0]['spec']} where the rules ask "
-               f"{row['fallbacks'][0]['rules_ask']}")
+               f"({row['fallback_bytes'] / MIB:.1f} MiB), e.g. `{row['fallbacks'][0]['leaf']}` "
+               f"`{row['fallbacks'][0]['spec']}` where the rules ask "
+               f"`{row['fallbacks'][0]['rules_ask']}`")
   if row["mirror_count"]:
     out.append(f"{row['mirror_count']} leaves mirroring sharded parameters are replicated "
                f"({row['mirror_bytes'] / MIB:.1f} MiB, under "

@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/barlow_twins.py:imagenet --workdir runs/barlow_twins_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 1000 epochs, batch 256: 92.10% linear top-1 (solo-learn's table,
     scripts/pretrain/cifar/barlow.yaml).
   imagenet: ResNet-50, 1000 epochs at batch 2048: 73.2% linear top-1 (Barlow Twins Table 1).

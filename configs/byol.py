@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/byol.py:imagenet --workdir runs/byol_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 1000 epochs, batch 256: 92.6% linear top-1 (solo-learn's table).
   imagenet: ResNet-50, 1000 epochs at batch 4096: 74.3% linear top-1 (BYOL Table 1).
 The EMA scaling rule: at another batch_size the momentum becomes base ** (batch_size /

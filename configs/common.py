@@ -230,7 +230,7 @@ def method_config(experiment: str, dataset: str) -> ml_collections.ConfigDict:
     c.eval.batch_size = 1024
     c.eval.baselines = ("random_encoder",)  # raw 224x224x3 pixels: 150k-d features
     # ~128k of the 1.28M train images for kNN and the probe: feature extraction, the kNN bank
-    # and the L-BFGS probe all scale with it (README, "Evaluation at ImageNet scale").
+    # and the L-BFGS probe all scale with it (docs/evaluation.md, "Evaluation at ImageNet scale").
     c.eval.train_fraction = 0.1
   return c
 

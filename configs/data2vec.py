@@ -9,7 +9,7 @@ Launch (from the repository root):
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset. cifar10 has no preset:
 the paper publishes no CIFAR recipe to follow.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   imagenet: ViT-B/16, 375,300 updates of 256 images (about 75 epochs), 16 masks per image. The
     paper reports end-to-end fine-tuning top-1 only, no linear probe; its number for this config
     was not checked in this session, so none is quoted here.

@@ -7,7 +7,7 @@ Launch (from the repository root):
 Variants: `smoke` (seconds; used by the tests), `dclw` (the von Mises-Fisher weighted positive,
 sigma 0.5; or --config.loss.variant=dclw), combinable with a dataset: `configs/dcl.py:cifar10,dclw`.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, batch 512: lightly's benchmark reports 87.3% kNN top-1 for both DCL and
     DCLW after 800 epochs (its own SGD recipe; solo-learn has no DCL). The DCL paper's CIFAR
     recipe was not found in the sources at hand: this uses SimCLR's CIFAR recipe (LARS, lr 1.0 x

@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/dino.py:imagenet --workdir runs/dino_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected (the evaluated encoder is the teacher's backbone):
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 2 crops of 32 px, 1000 epochs, batch 256: 89.5% linear top-1 (solo-learn's
     table, scripts/pretrain/cifar/dino.yaml).
   imagenet: ViT-S/16, 2x224 + 8x96 crops, batch 1024, AdamW lr 0.0005 x B/256: 100 epochs
@@ -19,9 +19,10 @@ here has no weight-decay schedule), gradients are clipped by their global norm (
 parameter's to 3.0), and a ViT's local crops use sine-cosine position embeddings computed at
 their grid (DINO interpolates learned ones). The views are `multicrop`, not `augment`.
 TPU: ViT-S/16 fits a v5p-16 (8 chips, 128 images per chip): XLA's peak 27.1 of 95 GiB per chip
-  (benchmarks/compile_check.py, compiled scanned with drop-path 0; see the README). ViT-B/16
-  (--config.model.vit.variant=B/16) is sized for a v5p-32 (16 chips, 64 per chip), not yet
-  compiled (results/compile_check.md). Both remat per block.
+  (benchmarks/compile_check.py, compiled scanned with drop-path 0; see
+  docs/guides/tpu-topologies.md). ViT-B/16 (--config.model.vit.variant=B/16) is sized for a
+  v5p-32 (16 chips, 64 per chip), not yet compiled (results/compile_check.md). Both remat per
+  block.
 """
 
 import ml_collections

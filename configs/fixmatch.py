@@ -5,7 +5,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/fixmatch.py:cifar10,labels=4 --workdir runs/fixmatch_c10
 Variants: mnist (default) | fashion_mnist | cifar10; labels=N per class; smoke.
 Expected:
-  mnist / fashion_mnist: the README's semi-supervised table (error of the EMA classifier).
+  mnist / fashion_mnist: docs/results/semi-supervised.md (error of the EMA classifier).
   cifar10 (USB's classic setting, 2^20 steps of 64 labelled + 448 unlabelled images):
     8.33 / 4.97 / 4.29 % error with 40 / 250 / 4000 labels (USB's classic-CV table;
     WRN-28-2 there, a ResNet-18 here).

@@ -4,7 +4,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/flexmatch.py:mnist,labels=4 --workdir runs/flexmatch
 Variants: mnist (default) | fashion_mnist | cifar10; labels=N per class; smoke.
 Expected:
-  mnist / fashion_mnist: the README's semi-supervised table.
+  mnist / fashion_mnist: docs/results/semi-supervised.md.
   cifar10 (USB's classic setting): 4.97 / 4.98 / 4.19 % error with 40 / 250 / 4000 labels
     (FlexMatch, Table 1; WRN-28-2 there, a ResNet-18 here).
 """

@@ -7,7 +7,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/groco.py:imagenet --workdir runs/groco_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: not run here and no published CIFAR-10 number; SimCLR's CIFAR recipe
     (configs/simclr.py) with GroCo's loss. fashion_mnist is SimCLR's preset too.
   imagenet: the authors' configs/2views_100ep.yaml (github.com/ninatu/learning_by_sorting):

@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/halp.py:imagenet --workdir runs/halp_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10 / imagenet: not run here, and HaLP has no published image numbers (its results are
     skeleton action recognition, e.g. NTU-60 cross-subject linear evaluation); these are MoCo
     v2's presets (configs/moco_v2.py, one view the query as MoCo v2's code) with the HaLP

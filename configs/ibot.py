@@ -8,7 +8,7 @@ Launch (from the repository root):
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset. cifar10 has no preset:
 the paper publishes no CIFAR recipe to follow.
 Expected (the evaluated encoder is the teacher's backbone, its [CLS] token):
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   imagenet: ViT-B/16, 400 epochs at batch 1024, 2 x 224 + 10 x 96 crops: 77.1% kNN and 79.5%
     linear top-1 (Zhou et al. 2022, Table 1 / bytedance/ibot README).
 Deviations from bytedance/ibot main_ibot.py with the README's ViT-B/16 command (shared head,

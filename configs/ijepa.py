@@ -7,7 +7,7 @@ Launch (from the repository root):
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset. cifar10 has no preset:
 the paper publishes no CIFAR recipe to follow.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   imagenet: ViT-H/14 at 224, 300 epochs at batch 2048: 79.3% linear top-1 on average-pooled
     patch tokens (Assran et al. 2023, Table 1), ~72 h on 16 A100s in the paper.
 Deviations from facebookresearch/ijepa configs/in1k_vith14_ep300.yaml, from what the library's

@@ -7,7 +7,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/lejepa.py:imagenet --workdir runs/lejepa_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: not run here and no published CIFAR-10 number to compare with; the optimiser is
     the authors' MINIMAL.md one (AdamW lr 2e-3 per 256, wd 0.05, one warm-up epoch, cosine to
     half the peak) with its lambda 0.02; the crops (2 of 32 px + 4 local of 16 px) and the

@@ -4,7 +4,7 @@ EMA of the student (the evaluated EMA model itself).
 Launch (from the repository root):
   python -m sslx.main --config configs/mean_teacher.py:mnist,labels=4 --workdir runs/mt
 Variants: mnist (default) | fashion_mnist | cifar10; labels=N per class; smoke.
-Expected: the README's semi-supervised table. USB's classic setting: consistency weight 50
+Expected: docs/results/semi-supervised.md. USB's classic setting: consistency weight 50
 ramped over the first 40% of the run.
 """
 

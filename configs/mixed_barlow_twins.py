@@ -7,7 +7,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/mixed_barlow_twins.py:imagenet --workdir runs/mixbt_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, batch 256, 2000 epochs (scripts-pretrain-resnet18/cifar10.sh): 92.58%
     linear, 90.52% kNN top-1 (github.com/wgcban/mix-bt README, section 3.1).
   imagenet: ResNet-50, 1000 epochs at batch 1024, lambda_reg 2.0: 74.06% linear top-1 (mix-bt

@@ -5,7 +5,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/mixmatch.py:mnist,labels=4 --workdir runs/mixmatch
 Variants: mnist (default) | fashion_mnist | cifar10; labels=N per class; smoke.
 Expected:
-  mnist / fashion_mnist: the README's semi-supervised table (error of the EMA classifier).
+  mnist / fashion_mnist: docs/results/semi-supervised.md (error of the EMA classifier).
   cifar10: 11.08 / 6.24 % error with 250 / 4000 labels (the MixMatch paper, WRN-28-2; USB's
     classic setting here: uratio 1, unlabelled weight 75 ramped over 40% of 2^20 steps).
 """

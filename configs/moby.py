@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/moby.py:imagenet --workdir runs/moby_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: no published result (neither the MoBY paper nor solo-learn has a CIFAR recipe); the
     ViT-S/4 preset with MoBY's ImageNet settings (AdamW, drop-path 0.2 / 0, queue 4096).
   imagenet: DeiT-S (ViT-S/16, learned position embedding), 300 epochs at batch 512: 72.8% linear

@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/moco_v2.py:imagenet --workdir runs/moco_v2_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 1000 epochs, batch 256: 92.9% linear top-1 (solo-learn's table, "MoCo
     V2+": symmetric loss, momentum 0.99 -> 0.999).
   imagenet: ResNet-50, 200 epochs at batch 256: 67.5% linear top-1 (MoCo v2 Table 1; 800

@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/moco_v3.py:imagenet --workdir runs/moco_v3_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 1000 epochs, batch 256: 93.1% linear top-1 (solo-learn's table and
     scripts/pretrain/cifar/mocov3.yaml).
   imagenet: ViT-B/16, 300 epochs at batch 4096: 76.7% linear top-1 (MoCo v3 Table 1 and

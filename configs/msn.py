@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/msn.py:imagenet --workdir runs/msn_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected (the evaluated encoder is the target's ViT, its [CLS] token):
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: not run here, and no published CIFAR-10 number; the ViT-S/4 of the other CIFAR
     presets with the released config's loss, schedule and crops scaled to 32 px.
   imagenet: the released configs/pretrain/msn_vits16.yaml: ViT-S/16, 1 + 1 random crops of 224

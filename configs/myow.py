@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/myow.py:imagenet --workdir runs/myow_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 800 epochs, batch 512: the paper reports about 92% linear top-1 (MYOW
     Table 1; the exact figure could not be re-checked here), a few tenths above its BYOL.
   imagenet: no published MYOW run; BYOL's ImageNet recipe (configs/byol.py) with the mining

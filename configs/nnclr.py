@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/nnclr.py:imagenet --workdir runs/nnclr_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 1000 epochs, batch 256: 91.88% linear top-1 (solo-learn's table, online
     linear probe; settings of solo-learn scripts/pretrain/cifar/nnclr.yaml).
   imagenet: ResNet-50, 1000 epochs at batch 4096: 75.6% linear top-1 (NNCLR Table 1).

@@ -3,7 +3,7 @@
 Launch (from the repository root):
   python -m sslx.main --config configs/pseudo_label.py:mnist,labels=4 --workdir runs/pl
 Variants: mnist (default) | fashion_mnist | cifar10; labels=N per class; smoke.
-Expected: the README's semi-supervised table. USB's classic setting: threshold 0.95, weight 1
+Expected: docs/results/semi-supervised.md. USB's classic setting: threshold 0.95, weight 1
 ramped over the first 40% of the run.
 """
 

@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/pseudo_label_mixup.py:mnist,labels=4 --workdir runs/plm
 Variants: mnist (default) | fashion_mnist | cifar10; labels=N per class; smoke.
 Expected:
-  mnist / fashion_mnist: the README's semi-supervised table (error of the EMA classifier).
+  mnist / fashion_mnist: docs/results/semi-supervised.md (error of the EMA classifier).
   cifar10: 8.80 / 6.85 / 5.97 % error with 500 / 1000 / 4000 labels (the authors' README; a
     13-layer network or WRN-28-2, SGD lr 0.1 with steps, 400 epochs of 100 images). Deviation:
     the cifar10 preset keeps USB's optimizer, schedule and EMA evaluation, as every method of

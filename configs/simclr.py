@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/simclr.py:imagenet --workdir runs/simclr_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: the README's results table (kNN / linear top-1 on the test split).
+  fashion_mnist: the main job's results table (kNN / linear top-1 on the test split; README).
   cifar10: ResNet-18, 1000 epochs, batch 512: ~91% kNN (solo-learn's table; SimCLR's App. B.9
     reports 94.0% linear with ResNet-50 and batch 1024).
   imagenet: ResNet-50, 1000 epochs at batch 4096, LARS lr 0.3 x B/256: 69.3% linear top-1

@@ -26,7 +26,7 @@ Variants: one stage (pretrain | finetune | distill); one dataset (mnist, the def
    in the semi-supervised table differs from FixMatch's only in the unlabelled objective; the
    paper distils with its pre-training optimizer (LARS) for 400 epochs.
 
-Expected: the README's semi-supervised table (its two SimCLRv2 rows: stage 2's fine-tuned network
+Expected: docs/results/semi-supervised.md (its two SimCLRv2 rows: stage 2's fine-tuned network
 and stage 3's student). The paper, ImageNet (its abstract): a ResNet-50 student distilled from a
 big fine-tuned ResNet-152 (3x+SK) teacher reaches 73.9% / 77.5% top-1 with 1% / 10% of the
 labels.

@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/simsiam.py:imagenet --workdir runs/simsiam_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18 (CIFAR stem), 800 epochs, batch 512: 91.8% kNN top-1 (SimSiam App. D).
   imagenet: ResNet-50, 100 epochs at batch 512: 68.1% linear top-1 (SimSiam Table 4).
 Deviation: SimSiam keeps the predictor's learning rate fixed (not cosine-decayed, Sec. 4.2 and

@@ -4,7 +4,7 @@ alignment.
 Launch (from the repository root):
   python -m sslx.main --config configs/softmatch.py:mnist,labels=4 --workdir runs/softmatch
 Variants: mnist (default) | fashion_mnist | cifar10; labels=N per class; smoke.
-Expected: the README's semi-supervised table; USB's classic CIFAR-10 setting with WRN-28-2
+Expected: docs/results/semi-supervised.md; USB's classic CIFAR-10 setting with WRN-28-2
 (a ResNet-18 here) in the SoftMatch paper: 4.91 % error with 40 labels.
 """
 

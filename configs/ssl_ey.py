@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/ssl_ey.py:imagenet --workdir runs/ssl_ey_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 1000 epochs, batch 256, the authors' solo-learn fork
     (scripts/pretrain/cifar/ssley.yaml: VICReg's recipe and projector): the paper reports
     CIFAR-10 accuracy on a par with Barlow Twins / VICReg (~92%); its exact table value was not

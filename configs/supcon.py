@@ -8,7 +8,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/supcon.py:imagenet --workdir runs/supcon_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected (linear top-1, labels used in pre-training):
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-50 (CIFAR stem), 1000 epochs at batch 1024: 96.0% (SupCon Table 2; settings of
     the authors' PyTorch code, HobbitLong/SupContrast README and main_supcon.py: SGD momentum 0.9,
     lr 0.5 at batch 1024, wd 1e-4, 10 warm-up epochs, cosine to lr x 1e-3, T 0.1, crops of scale

@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/supervised.py:mnist,labels=4 --workdir runs/labels_only
   python -m sslx.main --config configs/supervised.py:mnist,labels=-1 --workdir runs/full
 Variants: mnist (default) | fashion_mnist | cifar10; labels=N per class; smoke.
-Expected: the README's semi-supervised table.
+Expected: docs/results/semi-supervised.md.
 """
 
 import ml_collections

@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/swav.py:imagenet --workdir runs/swav_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 2 crops of 32 px, 1000 epochs, batch 256: 89.2% linear top-1 (solo-learn's
     table, scripts/pretrain/cifar/swav.yaml).
   imagenet: ResNet-50, 2x224 + 6x96 crops, 800 epochs at batch 4096, LARS lr 4.8: 75.3% linear

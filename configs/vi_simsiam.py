@@ -7,7 +7,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/vi_simsiam.py:imagenet --workdir runs/vi_simsiam_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10 / imagenet: the paper reports VI-SimSiam on par with SimSiam (ImageNet-100, CIFAR-10,
     ImageNet); its training settings and numbers could not be looked up here (no public code
     or paper text in reach), so these variants are SimSiam's recipes unchanged (configs/simsiam.py:

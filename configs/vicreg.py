@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/vicreg.py:imagenet --workdir runs/vicreg_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: ResNet-18, 1000 epochs, batch 256: 92.07% linear top-1 (solo-learn's table,
     scripts/pretrain/cifar/vicreg.yaml).
   imagenet: ResNet-50, 1000 epochs at batch 2048, LARS lr 0.2 x B/256: 73.2% linear top-1

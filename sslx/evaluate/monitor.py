@@ -36,7 +36,7 @@ METRICS = ("rankme", "lidar", "alpha_req", "alignment", "uniformity", "embedding
 
 
 def describe(config) -> dict[str, str]:
-  """The protocol behind each monitor metric, for results.json and the README."""
+  """The protocol behind each monitor metric, for results.json and the documentation."""
   views = (f"first {config.eval.monitor_examples} test-split images x "
            f"{config.eval.monitor_views} views of the run's augmentation (seed {config.seed}), "
            "frozen encoder features (method.apply)")
