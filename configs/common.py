@@ -88,6 +88,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Top-level parameter names kept out of weight decay besides biases, norms and tokens (which
   # never decay): MSN's prototypes.
   c.optim.weight_decay_exclude = ()
+  # Weight decay constant, or by a cosine from weight_decay to weight_decay_end (AdamW only).
+  c.optim.weight_decay_schedule = "constant"  # constant | cosine
+  c.optim.weight_decay_end = 0.0
+  # Layer-wise learning-rate decay of a ViT (1.0: off): block i of L learns at
+  # layer_decay ** (L - i) times the rate, the embeddings at layer_decay ** (L + 1), and the
+  # patch embedding at patch_embed_lr_multiplier times that (sslx.train.optim).
+  c.optim.layer_decay = 1.0
+  c.optim.patch_embed_lr_multiplier = 1.0
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.warmup_steps = 100

@@ -9,7 +9,7 @@ Launch (from the repository root):
 Variants: `smoke` (seconds; used by the tests), combinable with a dataset. cifar10 has no preset:
 the paper publishes no CIFAR recipe to follow.
 Expected:
-  fashion_mnist: the main job's results table (kNN / linear top-1 on the test split; README).
+  fashion_mnist: its row of the methods table (docs/results/methods.md).
   imagenet: ViT-B/16, 1600 epochs at batch 4096: 83.6% top-1 after end-to-end fine-tuning
     (He et al. 2022, Table 3) and 68.0% linear probe on the [CLS] token (the authors' released
     ViT-B, facebookresearch/mae README). 800 epochs is the paper's other schedule (Fig. 7:

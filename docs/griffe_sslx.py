@@ -5,7 +5,8 @@ The docstrings are Google style with two reST habits, which Markdown would other
 - a paragraph ending in ``::`` introduces an indented literal block (an equation, a layout):
   the block becomes a fenced ``text`` block and the paragraph ends in one colon;
 - doctests (``>>>`` lines and their output, up to a blank line), which Markdown would turn into
-  nested quotes, become fenced ``pycon`` blocks.
+  nested quotes, become fenced ``pycon`` blocks;
+- Sphinx roles (``:func:`name```) become code spans.
 """
 
 import re
@@ -13,6 +14,8 @@ import re
 import griffe
 
 LITERAL_INTRO = re.compile(r"::\s*$")
+LIST_ITEM = re.compile(r"^\s*(\d+\.|[-*+])\s+")
+ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj|exc):`~?([^`]+)`")
 
 
 def _indent(line: str) -> int:
@@ -46,7 +49,8 @@ def fence_literal_blocks(text: str) -> str:
       i += 1
       continue
     inner = min(_indent(b) for b in block if b.strip())
-    pad = " " * base
+    # Inside a list item the block belongs to the item: Python-Markdown wants it 4 columns in.
+    pad = " " * (base + 4 if LIST_ITEM.match(line) else base)
     if intro:
       out.append(intro)
     out += ["", pad + "```text"] + [pad + b[inner:] if b.strip() else "" for b in block]
@@ -73,7 +77,7 @@ def fence_doctests(text: str) -> str:
 
 
 def rewrite(text: str) -> str:
-  return fence_doctests(fence_literal_blocks(text))
+  return fence_doctests(fence_literal_blocks(ROLE.sub(r"`\1`", text)))
 
 
 class SslxDocstrings(griffe.Extension):

@@ -17,12 +17,18 @@ site is built (latex2mathml), which browsers render without JavaScript or a netw
 """
 
 import ast
+import glob
 import json
 import os
 import re
+import sys
+import textwrap
 
 import latex2mathml.converter
 from mkdocs.structure.files import File
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import griffe_sslx  # the docstrings' reST habits, rewritten as the API pages do
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -52,11 +58,28 @@ def include(relative_path: str) -> str:
   path = os.path.join(REPO, relative_path)
   if not os.path.isfile(path):
     raise DocsError(f"sslx:include names {relative_path!r}, which is not a file of the checkout")
-  return _read(path).strip() + "\n\n*Generated file: `" + relative_path + "`.*\n"
+  # The page has its own title: the file's headings go one level down.
+  text = re.sub(r"^(#{1,5}) ", r"#\1 ", _read(path).strip(), flags=re.MULTILINE)
+  return text + "\n\n*Generated file: `" + relative_path + "`.*\n"
 
 
 def module_docstring(path: str) -> str:
   return ast.get_docstring(ast.parse(_read(path))) or ""
+
+
+def experiment_modules(name: str) -> list[str]:
+  """The experiment modules of the method `configs/NAME.py` launches: ``experiments/NAME.py``, or
+  its stages ``experiments/NAME_*.py`` (SimCLRv2's fine-tuning and distillation)."""
+  if os.path.isfile(os.path.join(REPO, "experiments", name + ".py")):
+    return [name]
+  return sorted(os.path.basename(p)[:-3]
+                for p in glob.glob(os.path.join(REPO, "experiments", name + "_*.py")))
+
+
+# Functions of sslx.losses that serve a loss rather than being one (queue and centre updates,
+# initial states, neighbour mining, targets): a method page shows the loss they serve.
+HELPER = re.compile(r"update|_init$|^normalize_|^patchify$|^nearest_neighbor$|_mining$|_weight$"
+                    r"|_targets$|_thresholds$|_positives$")
 
 
 def loss_names(experiment: str) -> list[str]:
@@ -73,33 +96,38 @@ def loss_names(experiment: str) -> list[str]:
         names += [a.name for a in node.names]
   import sslx.losses
   public = [n for n in dict.fromkeys(names) if callable(getattr(sslx.losses, n, None))]
-  # Helpers (queue and centre updates, initial states) are not losses: show their equations
-  # only through the loss they serve.
-  return [n for n in public if not re.search(r"update|_init$|^normalize_|^patchify$", n)]
+  return [n for n in public if not HELPER.search(n)]
 
 
 def equation(loss: str) -> str:
-  """The first ``::`` literal block of a loss's docstring: its equation as the docstring gives."""
+  """The ``::`` literal blocks of a loss's docstring before its ``Args:``: its equations as the
+  docstring gives them."""
   import inspect
 
   import sslx.losses
-  doc = inspect.getdoc(getattr(sslx.losses, loss)) or ""
+  doc = (inspect.getdoc(getattr(sslx.losses, loss)) or "").split("\nArgs:")[0]
   lines = doc.splitlines()
+  blocks = []
   for i, line in enumerate(lines):
     if line.rstrip().endswith("::"):
+      indent = len(line) - len(line.lstrip())
       block = []
       for body in lines[i + 1:]:
-        if body.strip() and not body.startswith("    "):
+        if body.strip() and len(body) - len(body.lstrip()) <= indent:
           break
-        block.append(body[4:])
-      text = "\n".join(block).strip("\n")
+        block.append(body)
+      text = textwrap.dedent("\n".join(block)).strip("\n")
       if text:
-        return text
-  return ""
+        blocks.append(text)
+  return "\n\n".join(blocks)
 
 
 def _pct(x) -> str:
   return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _labels_order(labels: str):
+  return (1, 0) if not labels.isdigit() else (0, int(labels))
 
 
 def measured_rows(name: str) -> str:
@@ -121,41 +149,51 @@ def measured_rows(name: str) -> str:
     parts.append("Fashion-MNIST, [methods table](../results/methods.md) (raw pixels: "
                  f"{_pct(raw['knn_top1'])} / {_pct(raw['linear_top1'])}):\n\n" + "\n".join(lines))
   errors = _load_json("semisup_table.json")["errors_percent"]
-  cells = {k: v for k, v in errors.items() if k.split("/")[1] == name}
+  stages = (name, *experiment_modules(name))
+  cells = {k: v for k, v in errors.items() if k.split("/")[1] in stages}
   if cells:
-    lines = ["| dataset | labels / class | test error (%) | seeds |", "|:--|--:|--:|--:|"]
-    for key, values in sorted(cells.items()):
-      dataset, _, labels = key.split("/")
+    lines = ["| dataset | method | labels / class | test error (%) | seeds |",
+             "|:--|:--|--:|--:|--:|"]
+    for key, values in sorted(cells.items(), key=lambda kv: (
+        kv[0].split("/")[0], kv[0].split("/")[1], _labels_order(kv[0].split("/")[2]))):
+      dataset, method, labels = key.split("/")
       mean = sum(values) / len(values)
-      lines.append(f"| {dataset} | {labels} | {mean:.2f} | {len(values)} |")
+      lines.append(f"| {dataset} | {method} | {labels} | {mean:.2f} | {len(values)} |")
     parts.append("[Semi-supervised table](../results/semi-supervised.md):\n\n" + "\n".join(lines))
   return "\n\n".join(parts)
 
 
+def method_title(name: str, config_doc: str) -> str:
+  """The name before the first parenthesis of the config's first line ("BYOL (Grill et al.
+  2020): ..." -> "BYOL"), or the method's module name."""
+  match = re.match(r"([^(:\n]{1,40}?) \(", config_doc)
+  return match.group(1) if match else f"`{name}`"
+
+
 def method_section(name: str) -> str:
   config_path = os.path.join(REPO, "configs", name + ".py")
-  experiment_path = os.path.join(REPO, "experiments", name + ".py")
-  if not os.path.isfile(config_path) or not os.path.isfile(experiment_path):
-    raise DocsError(f"sslx:method {name!r}: configs/{name}.py and experiments/{name}.py must "
-                    "both exist")
+  modules = experiment_modules(name)
+  if not os.path.isfile(config_path) or not modules:
+    raise DocsError(f"sslx:method {name!r}: needs configs/{name}.py and experiments/{name}.py "
+                    f"(or experiments/{name}_*.py for a method in stages)")
   config_doc = module_docstring(config_path)
-  lead, _, details = config_doc.partition("\n")
-  title = re.split(r" \(", lead, maxsplit=1)[0]
-  out = [f"## {title} {{#{name}}}", ""]
-  # The module's docstring says what it does; the config's first line is the fallback.
-  out += [module_docstring(experiment_path) or lead.strip(), ""]
-  for loss in loss_names(name):
+  out = [f"## {method_title(name, config_doc)} {{#{name}}}", ""]
+  for module in modules:  # what each module does, its docstring read as the API pages read it
+    doc = module_docstring(os.path.join(REPO, "experiments", module + ".py"))
+    if len(modules) > 1:
+      out.append(f"`experiments/{module}.py`: ")
+    out += [griffe_sslx.rewrite(doc), ""]
+  for loss in dict.fromkeys(n for module in modules for n in loss_names(module)):
     out.append(f"**Loss** [`sslx.losses.{loss}`](../api/losses.md#sslx.losses.{loss})")
     eq = equation(loss)
     out += (["", "```text", eq, "```", ""] if eq else [""])
   rows = measured_rows(name)
   if rows:
     out += ["**Measured**. " + rows, ""]
-  if details.strip():
-    out += [f'??? note "`configs/{name}.py`: launch, variants, expected results, deviations"',
-            "", "    ```text"]
-    out += ["    " + line if line else "" for line in details.strip("\n").splitlines()]
-    out += ["    ```", ""]
+  out += [(f'??? note "`configs/{name}.py`: paper, launch, variants, expected results, '
+           f'deviations"'), "", "    ```text"]
+  out += ["    " + line if line else "" for line in config_doc.strip("\n").splitlines()]
+  out += ["    ```", ""]
   return "\n".join(out) + "\n"
 
 
@@ -373,6 +411,11 @@ def _math_to_mathml(text: str) -> str:
 
 
 def on_page_markdown(markdown, page, config, files):
+  for line in markdown.splitlines():
+    if line.startswith("<!-- sslx:") and not DIRECTIVE.fullmatch(line):
+      raise DocsError(f"{page.file.src_uri}: {line!r} is not a directive (<!-- sslx:include "
+                      "PATH -->, <!-- sslx:method NAME --> or <!-- sslx:table NAME -->)")
+
   def expand(m):
     kind, arg = m.groups()
     return {"include": include, "method": method_section, "table": table}[kind](arg)

@@ -53,12 +53,22 @@ class IBOTModel(DINOModel):
     return logits[:, 0], logits[:, 1:], out["cls"]
 
 
+def check_vit_and_masks(config, method: str = "iBOT") -> None:
+  """A ViT with a class token, and valid mask ratios (`config.ibot`), named in the errors."""
+  if config.model.name != "vit" or not config.model.vit.class_token:
+    raise ValueError(f"{method} needs a ViT with a class token: config.model.name must be 'vit' "
+                     f"and config.model.vit.class_token True, got {config.model.name!r} and "
+                     f"{config.model.vit.class_token!r}")
+  try:  # the ratios' own checks, at build time rather than inside the first traced step
+    ibot_pred_ratios(jax.random.PRNGKey(0), 1, tuple(config.ibot.pred_ratio),
+                     tuple(config.ibot.pred_ratio_var))
+  except ValueError as e:
+    raise ValueError(f"config.ibot.pred_ratio / pred_ratio_var: {e}") from None
+
+
 def check_config(config) -> None:
   check_dino_config(config)
-  if config.model.name != "vit" or not config.model.vit.class_token:
-    raise ValueError(f"iBOT needs a ViT with a class token: config.model.name must be 'vit' and "
-                     f"config.model.vit.class_token True, got {config.model.name!r} and "
-                     f"{config.model.vit.class_token!r}")
+  check_vit_and_masks(config)
   c = config.loss
   for field in ("teacher_patch_temp", "warmup_teacher_patch_temp"):
     experiment.check_positive(f"config.loss.{field}", c[field])
@@ -68,11 +78,6 @@ def check_config(config) -> None:
     raise ValueError(f"config.loss.center_momentum2 must be in [0, 1], got {c.center_momentum2}")
   for field in ("lambda1", "lambda2"):
     experiment.check_non_negative(f"config.loss.{field}", c[field])
-  try:  # the ratios' own checks, at build time rather than inside the first traced step
-    ibot_pred_ratios(jax.random.PRNGKey(0), 1, tuple(config.ibot.pred_ratio),
-                     tuple(config.ibot.pred_ratio_var))
-  except ValueError as e:
-    raise ValueError(f"config.ibot.pred_ratio / pred_ratio_var: {e}") from None
 
 
 def patch_temperature(config, step):

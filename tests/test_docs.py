@@ -33,12 +33,24 @@ def _page(site, path: str) -> str:
     return f.read()
 
 
-def test_results_pages_show_the_benchmarks_json(site):
+def _methods() -> list[str]:
+  """Every method the configs launch (configs/NAME.py with a get_config, not a shared module)."""
+  def launches(path):
+    with open(path) as f:
+      return "def get_config" in f.read()
+  return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                if not os.path.basename(p).startswith("_") and launches(p))
+
+
+def test_site_shows_the_benchmarks_json_and_every_method(site):
+  """One test over the built site (so that pytest-xdist builds it once): the results pages show
+  what the benchmarks' JSON holds, and every method has one section, on one page, with its
+  equations and measured rows."""
   with open(os.path.join(REPO, "benchmarks", "results", "methods_table.json")) as f:
     rows = json.load(f)["rows"]
   page = _page(site, "results/methods")
   for row in rows:
-    assert re.search(rf"<td[^>]*>{row['method']}[^<]*</td>\s*<td[^>]*>[^<]*</td>\s*"
+    assert re.search(rf"<td[^>]*>{re.escape(row['method'])}[^<]*</td>\s*<td[^>]*>[^<]*</td>\s*"
                      rf"<td[^>]*>{100 * row['knn_top1']:.1f}</td>", page), row["method"]
   with open(os.path.join(REPO, "benchmarks", "results", "nt_xent_memory.json")) as f:
     batches = {r["batch"] for r in json.load(f)["rows"]}
@@ -46,21 +58,28 @@ def test_results_pages_show_the_benchmarks_json(site):
   for batch in batches:
     assert re.search(f"<td[^>]*>{batch:,}</td>", memory), batch
 
-
-def test_every_method_has_one_section_on_one_page(site):
-  methods = sorted(
-      os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
-      if not os.path.basename(p).startswith("_")
-      and os.path.exists(os.path.join(REPO, "experiments", os.path.basename(p))))
-  assert len(methods) > 30
-  listed = []
+  methods = _methods()
+  assert len(methods) > 30 and "simclrv2" in methods and "common" not in methods
+  listed, pages = [], {}
   for path in glob.glob(os.path.join(DOCS, "methods", "*.md")):
     with open(path) as f:
-      listed += re.findall(r"^<!-- sslx:method (\w+) -->$", f.read(), flags=re.MULTILINE)
+      names = re.findall(r"^<!-- sslx:method (\w+) -->$", f.read(), flags=re.MULTILINE)
+    listed += names
+    pages.update(dict.fromkeys(names, "methods/" + os.path.basename(path)[:-3]))
   assert sorted(listed) == methods  # each once, none missing, none unknown
-  page = _page(site, "methods/self-distillation")
-  assert 'id="byol"' in page and "sslx.losses.negative_cosine" in page
-  assert "<math" in page  # the page's LaTeX became MathML
+  measured = {r["method"] for r in rows}
+  for name, path in pages.items():
+    html = _page(site, path)
+    section = html[html.index(f'id="{name}"'):]
+    section = section[:section.find('<h2 ', 1) if '<h2 ' in section[1:] else len(section)]
+    assert f"configs/{name}.py" in section, name  # the config's docstring
+    if name in measured:
+      assert "Measured" in section, name
+  byol = _page(site, "methods/self-distillation")
+  section = byol[byol.index('id="byol"'):byol.index('id="simsiam"')]
+  assert "sslx.losses.negative_cosine" in section and "2 - 2 c_i" in section  # its equation
+  # The page's LaTeX became MathML: no "$" of the source is left in its prose.
+  assert "<math" in byol and "\\mathcal" not in byol
 
 
 def test_readme_links_resolve():
@@ -88,13 +107,23 @@ def test_new_method_guide_runs(tmp_path, monkeypatch):
     (tmp_path / name).write_text(code)
   import configs
   import experiments
-  for module in ("configs.spectral", "experiments.spectral"):  # imported afresh, removed after
-    monkeypatch.delitem(sys.modules, module, raising=False)
+  # The guide's files first, so that a contributor's own spectral.py cannot stand in for them.
   monkeypatch.setattr(experiments, "__path__",
-                      [*experiments.__path__, str(tmp_path / "experiments")])
-  monkeypatch.setattr(configs, "__path__", [*configs.__path__, str(tmp_path / "configs")])
-  from configs import spectral as spectral_config
-  from experiments import spectral
+                      [str(tmp_path / "experiments"), *experiments.__path__])
+  monkeypatch.setattr(configs, "__path__", [str(tmp_path / "configs"), *configs.__path__])
+  names = ("configs.spectral", "experiments.spectral")
+  try:
+    from configs import spectral as spectral_config
+    from experiments import spectral
+    _check_spectral(spectral, spectral_config)
+  finally:  # the guide's modules must not outlive the test
+    for name in names:
+      sys.modules.pop(name, None)
+    for package in (configs, experiments):
+      package.__dict__.pop("spectral", None)
+
+
+def _check_spectral(spectral, spectral_config):
   from sslx.train import loop
 
   rng = np.random.default_rng(0)

@@ -218,8 +218,8 @@ def mixed_barlow_twins_regularizer(
     permutation: ``[B]`` integer indices into the global batch (``B = b`` times the number of
       shards), the same on every device. Any index map is accepted (it need not be a
       bijection); out-of-range indices are clamped, as jax indexing does.
-    lambd: the Barlow Twins off-diagonal weight that scales the term (0.0051 by default),
-      >= 0.
+    lambd: the Barlow Twins off-diagonal weight that scales the term (>= 0; 0.0051 by
+      default).
     axis_name: ``None`` for global arrays (one device, or ``jax.jit`` over a mesh), or the
       mapped axis inside ``jax.shard_map`` (see above). All shards must have the same ``b``.
 

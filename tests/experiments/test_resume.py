@@ -1,6 +1,7 @@
 """A resumed run equals the straight one bit for bit, for methods whose step draws fresh
 randomness or keeps state beyond the parameters: LeJEPA (SIGReg's directions from the step's
-key), MSN (the EMA target, the dropped patches) and HaLP (the queue, the prototypes refreshed
+key), MSN (the EMA target, the dropped patches), DINOv2 (the masks, Sinkhorn-Knopp targets, the
+weight-decay schedule) and HaLP (the queue, the prototypes refreshed
 from it). Real Fashion-MNIST through the loop on the 8 fake devices, checkpointed by orbax; the
 run is resumed from step 2 of 4 after its last checkpoint is removed."""
 
@@ -18,6 +19,8 @@ from tests.train import helpers
 @pytest.mark.parametrize("method, overrides", [
     ("lejepa", {}),
     ("msn", {}),
+    # DINOv2: the weight-decay cosine's step count and layer-wise decay in the optimizer state.
+    ("dinov2", {}),
     # HaLP's prototypes refreshed at steps 0 and 2: the resumed run must redo the second.
     ("halp", {"halp.refresh_every": 2}),
 ])

@@ -150,7 +150,62 @@ def test_weight_decay_exclude_keeps_those_parameters_out_of_weight_decay():
     ("warmup_steps", 1000, "optim.warmup_steps"),
     ("end_lr_fraction", 2.0, "optim.end_lr_fraction"),
     ("lr_scaling", "cubic", "optim.lr_scaling"),
+    ("layer_decay", 0.0, "optim.layer_decay"),
+    ("layer_decay", 1.5, "optim.layer_decay"),
+    ("patch_embed_lr_multiplier", 0.0, "optim.patch_embed_lr_multiplier"),
+    ("weight_decay_schedule", "linear", "optim.weight_decay_schedule"),
+    ("weight_decay_end", -0.1, "optim.weight_decay_end"),
 ])
 def test_invalid_settings_raise_named_errors(field, value, match):
   with pytest.raises(ValueError, match=match):
     optim.make_optimizer(_config(**{field: value}), 256, total_steps=1000)
+
+
+def test_cosine_weight_decay_schedule_moves_adamw_decay_from_start_to_end():
+  """DINO / DINOv2's weight decay: lr * wd(t) * w with wd(t) by a cosine from weight_decay to
+  weight_decay_end over the run (zero gradients, so AdamW's update is the decay alone)."""
+  c = _config(name="adamw", lr=0.5, lr_scaling="none", weight_decay=0.04, warmup_steps=0,
+              end_lr_fraction=1.0, weight_decay_schedule="cosine", weight_decay_end=0.4)
+  tx, _ = optim.make_optimizer(c, 256, total_steps=10)
+  params = {"w": jnp.full((2, 3), 2.0), "b": jnp.full((3,), 2.0)}
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  for step in range(11):
+    updates, state = tx.update(zeros, state, params)
+    decay = 0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi * min(step, 10) / 10)) / 2
+    np.testing.assert_allclose(updates["w"], -0.5 * decay * 2.0, rtol=1e-5)
+    np.testing.assert_allclose(updates["b"], 0.0)  # biases never decay
+  with pytest.raises(ValueError, match="optim.weight_decay_schedule='cosine' needs"):
+    optim.make_optimizer(_config(name="lars", weight_decay_schedule="cosine"), 256, 1000)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_decay_scales_each_vit_layer_and_the_heads_by_their_depth(scan):
+  """Layer-wise lr decay (DINOv2's get_vit_lr_decay_rate): with L = 3 blocks, the embeddings
+  and tokens learn at d^4, block i at d^(3 - i), the final norm and a head at 1; the patch
+  embedding also by its multiplier. Checked on SGD's update, -lr * multiplier * g."""
+  from flax import nnx
+
+  from sslx.models.vit import vit
+  model = vit(patch_size=4, width=16, depth=3, num_heads=2, image_size=8, num_registers=1,
+              scan=scan, rngs=nnx.Rngs(0))
+  params = {"encoder": {"net": nnx.state(model, nnx.Param).to_pure_dict()},
+            "head": {"kernel": jnp.ones((16, 4))}, "mask_token": jnp.ones((16,))}
+  d = 0.5
+  c = _config(name="sgd", lr=1.0, lr_scaling="none", momentum=0.0, weight_decay=0.0,
+              warmup_steps=0, end_lr_fraction=1.0, layer_decay=d, patch_embed_lr_multiplier=0.2)
+  tx, _ = optim.make_optimizer(c, 256, total_steps=10)
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  net = updates["encoder"]["net"]
+  np.testing.assert_allclose(net["patch_embed"]["kernel"], -0.2 * d**4)
+  for name in ("cls_token", "registers"):
+    np.testing.assert_allclose(net[name], -(d**4))
+  np.testing.assert_allclose(updates["mask_token"], -(d**4))
+  np.testing.assert_allclose(net["norm"]["scale"], -1.0)
+  np.testing.assert_allclose(updates["head"]["kernel"], -1.0)
+  for i in range(3):
+    fc1 = net["blocks"]["block"]["fc1"]["kernel"][i] if scan else net["blocks"][i]["fc1"]["kernel"]
+    np.testing.assert_allclose(fc1, -(d ** (3 - i)))
+  resnet_like = {"conv": jnp.ones((3, 3))}
+  with pytest.raises(ValueError, match="exactly one ViT"):
+    tx.update(resnet_like, tx.init(resnet_like), resnet_like)
