@@ -444,6 +444,9 @@ def main(argv):
       return
     same = lambda r: all(r[k] == row[k] for k in ROW_KEY)  # noqa: E731
     into[:] = [r for r in into if not same(r)] + [row]
+    # A failure of this preset on this slice from an earlier run is superseded by the row.
+    results["failures"] = [f for f in results["failures"]
+                           if (f["preset"], f["topology"]) != (preset_name, topology_name)]
     mfu = "-" if row["mfu"] is None else f"{row['mfu']:.2f}"
     print(f"{label}: peak {gib(row['peak_estimate_bytes'])} of {gib(row['hbm_bytes'])} GiB "
           f"({'fits' if row['fits'] else 'DOES NOT FIT'}), compile "

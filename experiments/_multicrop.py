@@ -92,6 +92,19 @@ def frozen_until(tree, step, until_step: int):
   return jax.tree.map(lambda p: jnp.where(frozen, jax.lax.stop_gradient(p), p), tree)
 
 
+def flatten_views(tree):
+  """``[V, B, ...]`` -> ``[B * V, ...]``, image-major: each image's views side by side, so a
+  batch sharded along ``B`` stays in one contiguous block per device. (View-major ``[V * B]``
+  interleaves the devices' rows, a layout XLA can only compute replicated: every device then
+  ran the encoder on the whole global batch.)"""
+  return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape(-1, *y.shape[2:]), tree)
+
+
+def unflatten_views(tree, num_views: int):
+  """`flatten_views`' inverse: ``[B * V, ...]`` -> ``[V, B, ...]``."""
+  return jax.tree.map(lambda y: y.reshape(-1, num_views, *y.shape[1:]).swapaxes(0, 1), tree)
+
+
 def teacher_copy(variables: dict) -> dict:
   """The EMA teacher's first variables: a copy of the student's params and batch_stats (DINO,
   iBOT and MSN start their teacher as the student, the authors' deepcopy)."""
@@ -154,17 +167,16 @@ class MultiCropNetwork:
 
   def encode(self, fn: Callable[[nnx.Module, jax.Array, Any], Any], params, batch_stats,
              views: dict, rng=None, groups=None):
-    """Runs ``fn(module, images [n * B, s, s, C], rng)`` once per group (one forward pass per
-    resolution, as the authors' MultiCropWrapper) and returns its outputs with leading
+    """Runs ``fn(module, images [B * n, s, s, C], rng)`` once per group (one forward pass per
+    resolution, as the authors' MultiCropWrapper; the images in `flatten_views` order, which
+    per-image inputs of `fn` such as masks must follow) and returns its outputs with leading
     ``[V, B]``, the groups' views concatenated in order, and the updated batch statistics (each
     pass updates them in turn, as consecutive PyTorch forward passes do)."""
     outputs = []
     for i, group in enumerate(groups or self.sizes):
       x = views[group]
-      n, b = x.shape[:2]
       module = self.merge(params, batch_stats, group)
-      out = fn(module, x.reshape(n * b, *x.shape[2:]),
-               None if rng is None else jax.random.fold_in(rng, i))
+      out = fn(module, flatten_views(x), None if rng is None else jax.random.fold_in(rng, i))
       batch_stats = experiment.Network.batch_stats(module)
-      outputs.append(jax.tree.map(lambda y, n=n, b=b: y.reshape(n, b, *y.shape[1:]), out))
+      outputs.append(unflatten_views(out, x.shape[0]))
     return jax.tree.map(lambda *ys: jnp.concatenate(ys), *outputs), batch_stats

@@ -160,7 +160,7 @@ def get_method(config) -> Method:
             head[name] = _multicrop.frozen_until(head[name], step,
                                                  loss_config.freeze_last_layer_steps)
         student[head_name] = head
-    flat_masks = masks.reshape(num_global * batch_size, -1)  # view-major, as encode's batches
+    flat_masks = _multicrop.flatten_views(masks)  # in the order encode gives the images
     (student_cls, student_patches, features), batch_stats = net.encode(
         lambda m, x, r: m.token_logits(x, train=True, rng=r, mask=flat_masks), student,
         variables.get("batch_stats", {}), views, encoder_rng, groups=(GLOBAL,))

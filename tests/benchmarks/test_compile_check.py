@@ -75,3 +75,19 @@ def test_bad_input_is_named():
     config.mesh.axes, config.mesh.shape = ("data", "fsdp"), (3, -1)
   with pytest.raises(ValueError, match=r"mesh\.shape \(3, -1\) does not fit the 8 chips"):
     compile_check.slice_mesh(config, compile_check.get_topology("cpu-8"))
+
+
+def test_a_multi_crop_step_is_data_parallel():
+  """iBOT's step (multi-crop views, per-image masks) on 8 devices runs an eighth of the
+  one-device step's FLOPs per device: the views are flattened image-major, so each device
+  encodes only its own rows. (Flattened view-major, XLA computed the whole global batch on
+  every device: the 8-device step then counted as many FLOPs per device as one device's.)"""
+  from configs import ibot
+  config = ibot.get_config("smoke")
+  with config.unlocked():
+    config.mesh.axes, config.mesh.shape = ("data",), (-1,)
+    config.batch_size = 16
+  one = compile_check.compile_check(config, compile_check.get_topology("cpu-1"))
+  eight = compile_check.compile_check(config, compile_check.get_topology("cpu-8"))
+  assert eight["flops_per_chip"] < 0.2 * one["flops_per_chip"], (eight["flops_per_chip"],
+                                                                  one["flops_per_chip"])
