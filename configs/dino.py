@@ -20,8 +20,8 @@ parameter's to 3.0), and a ViT's local crops use sine-cosine position embeddings
 their grid (DINO interpolates learned ones). The views are `multicrop`, not `augment`.
 TPU: ViT-S/16 fits a v5p-16 (8 chips, 128 images per chip): XLA's peak 4.2 of 95 GiB per chip
   (benchmarks/compile_check.py, compiled scanned with drop-path 0; see
-  docs/guides/tpu-topologies.md). ViT-B/16 (--config.model.vit.variant=B/16) fits a v5p-32
-  (16 chips, 64 per chip; peak 6.0 GiB, results/compile_check.md). Both remat per block.
+  docs/guides/tpu-topologies.md). ViT-B/16 (--config.model.vit.variant=B/16) fits a
+  v5p-32 (16 chips, 64 per chip; peak 6.0 GiB, results/compile_check.md). Both remat per block.
 """
 
 import ml_collections
