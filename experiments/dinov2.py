@@ -34,7 +34,7 @@ from experiments import _multicrop
 from experiments.dino import check_config as check_dino_config
 from experiments.dino import save_pictures  # noqa: F401  the teacher's attention maps, as DINO's
 from experiments.dino import teacher_temperature
-from experiments.ibot import IBOTModel, check_vit_and_masks, draw_masks
+from experiments.ibot import IBOTModel, check_vit_and_masks, draw_masks, encode_views
 from sslx import experiment
 from sslx.losses import (
     dino,
@@ -47,7 +47,7 @@ from sslx.losses import (
 from sslx.method import Method
 from sslx.models import DINOHead
 
-GLOBAL, LOCAL = _multicrop.GLOBAL, _multicrop.LOCAL
+GLOBAL = _multicrop.GLOBAL
 CENTERINGS = ("centering", "sinkhorn_knopp")
 SINKHORN_ITERATIONS = 3  # DINOv2's sinkhorn_knopp_teacher
 
@@ -160,20 +160,10 @@ def get_method(config) -> Method:
             head[name] = _multicrop.frozen_until(head[name], step,
                                                  loss_config.freeze_last_layer_steps)
         student[head_name] = head
-    flat_masks = _multicrop.flatten_views(masks)  # in the order encode gives the images
-    (student_cls, student_patches, features), batch_stats = net.encode(
-        lambda m, x, r: m.token_logits(x, train=True, rng=r, mask=flat_masks), student,
-        variables.get("batch_stats", {}), views, encoder_rng, groups=(GLOBAL,))
-    if LOCAL in views:
-      local_cls, batch_stats = net.encode(
-          lambda m, x, r: m.logits(x, train=True, rng=r), student, batch_stats, views,
-          jax.random.fold_in(encoder_rng, 1), groups=(LOCAL,))
-      student_cls = jnp.concatenate([student_cls, local_cls])  # global views first
-    teacher = variables["teacher"]
-    (teacher_cls, teacher_patches, _), teacher_stats = teacher_net.encode(
-        lambda m, x, r: m.token_logits(x, train=True), teacher["params"],
-        teacher.get("batch_stats", {}), views, groups=(GLOBAL,))
-    teacher_cls, teacher_patches = jax.lax.stop_gradient((teacher_cls, teacher_patches))
+    encoded = encode_views(net, teacher_net, student, variables, views, masks, encoder_rng)
+    student_cls, student_patches, features = (encoded.student_cls, encoded.student_patches,
+                                              encoded.features)
+    teacher_cls, teacher_patches = encoded.teacher_cls, encoded.teacher_patches
     temperature = teacher_temperature(config, step)
     state = {}
     if sinkhorn:
@@ -212,9 +202,10 @@ def get_method(config) -> Method:
         "train/teacher_temperature": temperature,
         "train/teacher_entropy": jnp.mean(-jnp.sum(targets * jnp.log(targets + 1e-12), -1)),
     }
-    state["teacher"] = {"params": teacher["params"], "batch_stats": teacher_stats}
+    state["teacher"] = {"params": variables["teacher"]["params"],
+                        "batch_stats": encoded.teacher_batch_stats}
     if "batch_stats" in variables:
-      state["batch_stats"] = batch_stats
+      state["batch_stats"] = encoded.batch_stats
     return value, {"metrics": metrics, "state": state}
 
   return Method(init=init, apply=apply, loss=loss, param_axes=net.param_axes,

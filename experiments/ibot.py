@@ -14,6 +14,8 @@ evaluates (kNN and linear probe on the teacher).
 `save_pictures` (DINO's) draws the teacher's last-block [CLS] attention per head after a run.
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -97,6 +99,39 @@ def draw_masks(config, rng, num_views: int, batch_size: int, grid_size):
   return masks.reshape(num_views, batch_size, -1)
 
 
+class EncodedViews(NamedTuple):
+  """What iBOT's and DINOv2's losses read from one step's views (leading ``[V, B]``)."""
+  student_cls: jax.Array  # [CLS] logits of every student crop, the global crops first
+  student_patches: jax.Array  # patch logits of the masked global crops
+  features: jax.Array  # the student backbone's [CLS] of the global crops
+  teacher_cls: jax.Array  # the teacher's [CLS] logits of the unmasked global crops
+  teacher_patches: jax.Array  # ... and its patch logits; no gradient flows into either
+  batch_stats: dict
+  teacher_batch_stats: dict
+
+
+def encode_views(net, teacher_net, params, variables, views, masks, encoder_rng
+                 ) -> EncodedViews:
+  """The student on the global crops with their `masks` [V, B, N] (one pass: [CLS] and patch
+  logits) and on the local crops ([CLS] only); the EMA teacher on the global crops unmasked."""
+  flat_masks = _multicrop.flatten_views(masks)  # in the order encode gives the images
+  (student_cls, student_patches, features), batch_stats = net.encode(
+      lambda m, x, r: m.token_logits(x, train=True, rng=r, mask=flat_masks), params,
+      variables.get("batch_stats", {}), views, encoder_rng, groups=(GLOBAL,))
+  if LOCAL in views:
+    local_cls, batch_stats = net.encode(
+        lambda m, x, r: m.logits(x, train=True, rng=r), params, batch_stats, views,
+        jax.random.fold_in(encoder_rng, 1), groups=(LOCAL,))
+    student_cls = jnp.concatenate([student_cls, local_cls])  # global views first
+  teacher = variables["teacher"]
+  (teacher_cls, teacher_patches, _), teacher_stats = teacher_net.encode(
+      lambda m, x, r: m.token_logits(x, train=True), teacher["params"],
+      teacher.get("batch_stats", {}), views, groups=(GLOBAL,))
+  teacher_cls, teacher_patches = jax.lax.stop_gradient((teacher_cls, teacher_patches))
+  return EncodedViews(student_cls, student_patches, features, teacher_cls, teacher_patches,
+                      batch_stats, teacher_stats)
+
+
 def get_method(config) -> Method:
   check_config(config)
   loss_config = config.loss
@@ -133,21 +168,11 @@ def get_method(config) -> Method:
     for name in ("last_v", "last_g"):  # iBOT's freeze_last_layer, as DINO
       if name in head:
         head[name] = _multicrop.frozen_until(head[name], step, loss_config.freeze_last_layer_steps)
-    student = {**params, "head": head}
-    flat_masks = _multicrop.flatten_views(masks)  # in the order encode gives the images
-    (student_cls, student_patches, features), batch_stats = net.encode(
-        lambda m, x, r: m.token_logits(x, train=True, rng=r, mask=flat_masks), student,
-        variables.get("batch_stats", {}), views, encoder_rng, groups=(GLOBAL,))
-    if LOCAL in views:
-      local_cls, batch_stats = net.encode(
-          lambda m, x, r: m.logits(x, train=True, rng=r), student, batch_stats, views,
-          jax.random.fold_in(encoder_rng, 1), groups=(LOCAL,))
-      student_cls = jnp.concatenate([student_cls, local_cls])  # global views first
-    teacher = variables["teacher"]
-    (teacher_cls, teacher_patches, _), teacher_stats = teacher_net.encode(
-        lambda m, x, r: m.token_logits(x, train=True), teacher["params"], teacher["batch_stats"],
-        views, groups=(GLOBAL,))
-    teacher_cls, teacher_patches = jax.lax.stop_gradient((teacher_cls, teacher_patches))
+    encoded = encode_views(net, teacher_net, {**params, "head": head}, variables, views, masks,
+                           encoder_rng)
+    student_cls, student_patches, features = (encoded.student_cls, encoded.student_patches,
+                                              encoded.features)
+    teacher_cls, teacher_patches = encoded.teacher_cls, encoded.teacher_patches
     cls_temp, patch_temp = teacher_temperature(config, step), patch_temperature(config, step)
     center, patch_center = variables["center"], variables["patch_center"]
     cls_loss = dino(student_cls, teacher_cls, center, student_temp=loss_config.student_temp,
@@ -165,13 +190,14 @@ def get_method(config) -> Method:
         "train/teacher_temperature": cls_temp,
         "train/teacher_entropy": jnp.mean(-jnp.sum(targets * jnp.log(targets + 1e-12), -1)),
     }
-    state = {"teacher": {"params": teacher["params"], "batch_stats": teacher_stats},
+    state = {"teacher": {"params": variables["teacher"]["params"],
+                         "batch_stats": encoded.teacher_batch_stats},
              "center": dino_center_update(center, teacher_cls,
                                           momentum=loss_config.center_momentum),
              "patch_center": ibot_patch_center_update(patch_center, teacher_patches,
                                                       momentum=loss_config.center_momentum2)}
     if "batch_stats" in variables:
-      state["batch_stats"] = batch_stats
+      state["batch_stats"] = encoded.batch_stats
     return value, {"metrics": metrics, "state": state}
 
   return Method(init=init, apply=apply, loss=loss, param_axes=net.param_axes,
