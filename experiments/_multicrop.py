@@ -92,6 +92,21 @@ def frozen_until(tree, step, until_step: int):
   return jax.tree.map(lambda p: jnp.where(frozen, jax.lax.stop_gradient(p), p), tree)
 
 
+def last_layers_frozen(params: dict, step, until_step: int, heads=("head",)) -> dict:
+  """`params` with the weight-normalised last layer (``last_v``, ``last_g``) of each DINOHead
+  in `heads` (top-level names; absent ones skipped) frozen while ``step < until_step``: DINO's,
+  iBOT's and DINOv2's freeze_last_layer."""
+  params = dict(params)
+  for head_name in heads:
+    if head_name in params:
+      head = dict(params[head_name])
+      for name in ("last_v", "last_g"):
+        if name in head:
+          head[name] = frozen_until(head[name], step, until_step)
+      params[head_name] = head
+  return params
+
+
 def flatten_views(tree):
   """``[V, B, ...]`` -> ``[B * V, ...]``, image-major: each image's views side by side, so a
   batch sharded along ``B`` stays in one contiguous block per device. (View-major ``[V * B]``

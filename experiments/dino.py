@@ -78,12 +78,9 @@ def get_method(config) -> Method:
     step = variables["step"]
     views, encoder_rng = _multicrop.crop_views(rng, batch["image"], config, images)
     # The head's last layer gets no gradient during the first epoch (freeze_last_layer).
-    head = dict(params["head"])
-    for name in ("last_v", "last_g"):
-      if name in head:
-        head[name] = _multicrop.frozen_until(head[name], step, loss_config.freeze_last_layer_steps)
+    student = _multicrop.last_layers_frozen(params, step, loss_config.freeze_last_layer_steps)
     student_logits, batch_stats = net.encode(
-        lambda m, x, r: m.logits(x, train=True, rng=r), {**params, "head": head},
+        lambda m, x, r: m.logits(x, train=True, rng=r), student,
         variables["batch_stats"], views, encoder_rng)  # [V_s, B, K], global views first
     teacher = variables["teacher"]
     # The teacher sees only the global crops (in train mode, as in main_dino.py).

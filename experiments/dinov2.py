@@ -151,15 +151,8 @@ def get_method(config) -> Method:
     views, encoder_rng = _multicrop.crop_views(rng, batch["image"], config, images)
     num_global, batch_size = views[GLOBAL].shape[:2]
     masks = draw_masks(config, jax.random.fold_in(rng, 2), num_global, batch_size, grid_size)
-    student = dict(params)
-    for head_name in ("head", "patch_head"):  # the last layers frozen for a while, as DINOv2's
-      if head_name in student:
-        head = dict(student[head_name])
-        for name in ("last_v", "last_g"):
-          if name in head:
-            head[name] = _multicrop.frozen_until(head[name], step,
-                                                 loss_config.freeze_last_layer_steps)
-        student[head_name] = head
+    student = _multicrop.last_layers_frozen(params, step, loss_config.freeze_last_layer_steps,
+                                            heads=("head", "patch_head"))
     encoded = encode_views(net, teacher_net, student, variables, views, masks, encoder_rng)
     student_cls, student_patches, features = (encoded.student_cls, encoded.student_patches,
                                               encoded.features)

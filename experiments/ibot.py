@@ -164,12 +164,8 @@ def get_method(config) -> Method:
     views, encoder_rng = _multicrop.crop_views(rng, batch["image"], config, images)
     num_global, batch_size = views[GLOBAL].shape[:2]
     masks = draw_masks(config, jax.random.fold_in(rng, 2), num_global, batch_size, grid_size)
-    head = dict(params["head"])
-    for name in ("last_v", "last_g"):  # iBOT's freeze_last_layer, as DINO
-      if name in head:
-        head[name] = _multicrop.frozen_until(head[name], step, loss_config.freeze_last_layer_steps)
-    encoded = encode_views(net, teacher_net, {**params, "head": head}, variables, views, masks,
-                           encoder_rng)
+    student = _multicrop.last_layers_frozen(params, step, loss_config.freeze_last_layer_steps)
+    encoded = encode_views(net, teacher_net, student, variables, views, masks, encoder_rng)
     student_cls, student_patches, features = (encoded.student_cls, encoded.student_patches,
                                               encoded.features)
     teacher_cls, teacher_patches = encoded.teacher_cls, encoded.teacher_patches
