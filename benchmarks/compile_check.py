@@ -116,6 +116,9 @@ PRESETS = {
     "mae_vit_b16": Preset("mae", {}, "v5p-32", "v4-64"),
     "mae_vit_l16": Preset("mae", {"model.vit.variant": "L/16"}, "v5p-64", "v4-128"),
     "ijepa_vit_h14": Preset("ijepa", {}, "v5p-64", "v4-128"),
+    "dinov2_vit_l16": Preset("dinov2", {}, "v5p-64", "v4-128"),
+    "lejepa_vit_l14": Preset("lejepa", {}, "v5p-32", "v4-64"),
+    "msn_vit_s16": Preset("msn", {}, "v5p-16", "v5e-32"),
 }
 
 
@@ -235,6 +238,8 @@ def lower_train_step(config, mesh: Mesh):
   batch = {"image": jax.ShapeDtypeStruct((config.batch_size, *info.image_shape), jnp.uint8,
                                          sharding=batch_sharding),
            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
+                                         sharding=batch_sharding),
+           "index": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
                                          sharding=batch_sharding)}
   train_step = make_train_step(method, tx, schedule, state_sharding=state_sharding,
                                batch_sharding=batch_sharding,

@@ -40,6 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)  # configs/ and experiments/ live in the checkout
 
+from benchmarks import table_runs  # noqa: E402
 from sslx import run  # noqa: E402
 from sslx.data import sources  # noqa: E402
 from sslx.evaluate import features as features_lib  # noqa: E402
@@ -81,16 +82,10 @@ def _trains_on_images(name: str) -> bool:
 
 def table_config(name: str):
   import importlib
-  config = importlib.import_module(f"configs.{name}").get_config("fashion_mnist")
+  config = table_runs.shortened(
+      importlib.import_module(f"configs.{name}").get_config("fashion_mnist"), steps=FLAGS.steps,
+      data_dir=FLAGS.data_dir, eval_train=FLAGS.eval_train, eval_test=FLAGS.eval_test)
   with config.unlocked():
-    config.total_steps = FLAGS.steps
-    config.checkpoint_every = FLAGS.steps
-    config.log_every = min(config.log_every, FLAGS.steps)
-    config.optim.warmup_steps = min(config.optim.warmup_steps, FLAGS.steps // 5)
-    config.progress_bar = False
-    config.data.data_dir = FLAGS.data_dir
-    config.eval.train_examples = FLAGS.eval_train
-    config.eval.test_examples = FLAGS.eval_test
     # The shared baselines are the ResNet's; a method on another encoder (the ViTs) gets the
     # random initialisation of its own network, read through its own `apply`, as its baseline.
     config.eval.baselines = () if uses_shared_backbone(config) else ("random_encoder",)
@@ -236,11 +231,7 @@ def main(argv):
       print(f"{name}: kNN {_pct(row['knn_top1'])}  linear {_pct(row['linear_top1'])}  "
             f"({row['seconds']:.0f} s)", flush=True)
   table, summary, failing = assemble_table(rows_dir)
-  with open(os.path.join(FLAGS.results, "methods_table.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(FLAGS.results, "methods_table.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  print(table)
+  table_runs.write_table(FLAGS.results, "methods_table", table, summary)
   if failing:
     print(f"below their random init on kNN: {failing}")
     sys.exit(1)

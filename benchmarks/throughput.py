@@ -179,7 +179,7 @@ def synthetic_batch(config, info, batch_sharding) -> dict:
   else:
     image = images(info.image_shape)
   batch = {"image": image, "label": rng.integers(0, info.num_classes, (n,), dtype=np.int32),
-           "mask": np.ones((n,), bool)}
+           "index": np.arange(n, dtype=np.int32), "mask": np.ones((n,), bool)}
   return jax.device_put(batch, batch_sharding)
 
 

@@ -38,6 +38,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # prepared TFDS datasets; default $SSLX_DATA_DIR or ~/tensorflow_datasets
   c.data.source_dir = ""  # raw files to prepare from (Fashion-MNIST idx files)
   c.data.allow_download = True  # only used when no local copy of the raw files is found
+  # A tfds split to pre-train on instead of the dataset's train split, e.g. "train[500:]"
+  # (sources.pretraining_split); evaluation keeps the dataset's splits.
+  c.data.train_split = ""
+  # > 1: train on a long-tailed subset of the train split, the last class 1/ratio the size of
+  # the first (sources.long_tailed_subset; CIFAR-10-LT's ratios are 10-200); evaluation stays
+  # on the whole splits.
+  c.data.imbalance_ratio = 1.0
   # grain worker processes decoding on the host; -1: one per core for datasets of encoded images
   # (JPEG), none for in-memory arrays (Fashion-MNIST, which is fastest without workers).
   c.data.worker_count = -1

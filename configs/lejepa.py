@@ -20,6 +20,9 @@ Expected:
 Loss settings (`loss`): lambd (the one trade-off), num_slices (SIGReg's random directions per
 step; 256 as MINIMAL.md), t_max and num_knots (the Epps-Pulley integral on [-3, 3], 17 knots on
 each half, the authors' defaults). The views are `multicrop`, not `augment`.
+TPU: the ViT-L/14 preset fits a v5p-32 (16 chips, 64 images per chip): XLA's peak 15.0 of 95
+  GiB per chip (benchmarks/compile_check.py, compiled with drop-path 0;
+  docs/results/compile-check.md).
 """
 
 import ml_collections

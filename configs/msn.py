@@ -21,6 +21,9 @@ learning rate and EMA schedules span the run (MSN stretches them over 1.25x the 
 at 80%); gradients are clipped by their global norm including the prototypes' (MSN clips the
 encoder's); the EMA momentum rises by a cosine (MSN: linearly); the views are `multicrop`, not
 `augment`.
+TPU: the ViT-S/16 preset fits a v5p-16 (8 chips, 128 images per chip): XLA's peak 3.2 of 95 GiB
+  per chip (benchmarks/compile_check.py, compiled with drop-path 0;
+  docs/results/compile-check.md).
 """
 
 import ml_collections

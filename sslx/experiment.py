@@ -195,3 +195,15 @@ def check_non_negative(name: str, value) -> None:
   """A ValueError naming the config field unless `value` >= 0."""
   if not value >= 0:
     raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def set_rows(table: jax.Array, index: jax.Array, rows: jax.Array) -> jax.Array:
+  """``table`` with ``table[index[i]] = rows[i]``; where an index repeats in the batch (a batch
+  that spans two epochs can hold an image twice), its last occurrence is written and the others
+  are dropped, so the result is the same on every device and backend (XLA leaves the winner of
+  duplicate scatter writes unspecified). For per-example state: iSogCLR's tables, PIRL's
+  memory bank."""
+  later_same = (index[:, None] == index[None, :]) & jnp.triu(
+      jnp.ones((index.shape[0],) * 2, bool), k=1)  # [i, j]: j > i holds the same index
+  target = jnp.where(later_same.any(axis=1), table.shape[0], index)  # out of bounds: dropped
+  return table.at[target].set(rows, mode="drop")

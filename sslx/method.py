@@ -6,7 +6,9 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-# {"image": uint8 [B, H, W, C], "label": int32 [B]}; semi-supervised batches add
+# {"image": uint8 [B, H, W, C], "label": int32 [B], "index": int32 [B] (each image's position in
+# the training set: rows of a per-example state)}; semi-supervised batches have no "index" and
+# add
 # "unlabelled_image" uint8 [uratio*B, H, W, C] and "unlabelled_index" int32 [uratio*B].
 Batch = dict[str, jax.Array]
 Variables = dict[str, Any]  # {"params": trainable pytree, **non-trainable state}

@@ -121,8 +121,9 @@ def read_examples(source: Any, indices) -> list:
 
 
 class _TrainBatch:
-  """example indices [L] -> {"image": uint8 [L, H, W, C], "label": int32 [L], "mask": all True},
-  the examples read together (``read_examples``)."""
+  """example indices [L] -> {"image": uint8 [L, H, W, C], "label": int32 [L], "index": int32
+  [L] (the examples' positions in the source), "mask": all True}, the examples read together
+  (``read_examples``)."""
 
   def __init__(self, source: Any):
     self._source = source
@@ -132,12 +133,14 @@ class _TrainBatch:
     return {
       "image": np.stack([np.asarray(e["image"], dtype=np.uint8) for e in examples]),
       "label": np.asarray([e["label"] for e in examples], dtype=np.int32),
+      "index": np.asarray(indices, dtype=np.int32),
       "mask": np.ones((len(examples),), dtype=bool),
     }
 
 
 class _CroppedTrainBatch:
-  """(j, example indices [L]) -> {"image": views, "label", "mask"} for this process's j-th block:
+  """(j, example indices [L]) -> {"image": views, "label", "index", "mask"} for this process's j-th
+  block:
   each record decoded and cropped by ``host_crops`` (`sslx.data.decode.HostCrops`) with
   randomness from the seed and the record's global position in the training stream, so the
   views do not depend on the worker or process count and replay exactly on resume."""
@@ -151,7 +154,8 @@ class _CroppedTrainBatch:
     block = j * self._stride + self._first  # the block of the global stream this process reads
     positions = block * self._local + np.arange(len(indices))
     images, labels = self._crops.batch(self._source, indices, positions, self._seed)
-    return {"image": images, "label": labels, "mask": np.ones((len(indices),), dtype=bool)}
+    return {"image": images, "label": labels, "index": np.asarray(indices, dtype=np.int32),
+            "mask": np.ones((len(indices),), dtype=bool)}
 
 
 def default_worker_count(decodes_images: bool) -> int:
@@ -190,7 +194,8 @@ def train_iterator(source: Any, *, global_batch_size: int, seed: int,
                    read_options: Optional[grain.ReadOptions] = None) -> grain.DatasetIterator:
   """An infinite iterator over this process's rows of each global training batch.
 
-  Yields ``{"image": uint8 [L, H, W, C], "label": int32 [L], "mask": bool [L] (all True)}``
+  Yields ``{"image": uint8 [L, H, W, C], "label": int32 [L], "index": int32 [L], "mask": bool
+  [L] (all True)}`` (``index``: each example's position in ``source``, for per-example state)
   with L = global_batch_size // process_count: rows [p*L, (p+1)*L) of the global batch, which is
   the same for any process count. Reshuffled every epoch, deterministically from ``seed``.
   ``it.get_state()`` / ``it.set_state()`` resume exactly (see the module doc for orbax).

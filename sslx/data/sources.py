@@ -25,9 +25,11 @@ Note: ``tfds.data_source`` on a dataset that is not prepared tries to download a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import importlib.util
 import logging
+import numbers
 import os
 import shutil
 import struct
@@ -485,6 +487,74 @@ def labelled_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
   rng = np.random.default_rng(seed)
   chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
   return np.sort(np.concatenate(chosen))
+
+
+def long_tailed_subset(labels: np.ndarray, imbalance_ratio: float) -> np.ndarray:
+  """Sorted indices of a long-tailed subset of ``labels`` (Cao et al. 2019's CIFAR-10-LT
+  profile): class ``c`` of the ``C`` classes (in label order) keeps its first
+  ``floor(n_max * imbalance_ratio ** (-c / (C - 1)))`` examples, ``n_max`` the largest class's
+  count, so the first class keeps them all and the last ``1 / imbalance_ratio`` of that. No
+  randomness: (labels, ratio) fixes the subset. A class left empty is an error naming it."""
+  if isinstance(imbalance_ratio, bool) or not isinstance(
+      imbalance_ratio, numbers.Real) or not imbalance_ratio >= 1:
+    raise ValueError(f"imbalance_ratio: expected a number >= 1 (1: every example), got "
+                     f"{imbalance_ratio!r}")
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or labels.size == 0:
+    raise ValueError(f"labels: expected a non-empty 1-D array, got shape {labels.shape}")
+  if (labels < 0).any():
+    raise ValueError(f"labels: {int((labels < 0).sum())} examples have no label (-1, e.g. "
+                     "STL-10's unlabelled images); a long-tailed subset is drawn by class")
+  classes, counts = np.unique(labels, return_counts=True)
+  exponents = np.arange(len(classes)) / max(len(classes) - 1, 1)
+  keep = np.minimum(np.floor(counts.max() * imbalance_ratio ** -exponents), counts).astype(int)
+  if (keep < 1).any():
+    raise ValueError(f"imbalance_ratio={imbalance_ratio} keeps no example of classes "
+                     f"{classes[keep < 1].tolist()}")
+  return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c, n in zip(classes, keep)]))
+
+
+def pretraining_split(data_config) -> str:
+  """The tfds split a self-supervised run trains on: ``data.train_split`` when set (a slice such
+  as ``"train[500:]"``: SSLMem's encoders trained with and without some images), else the
+  dataset's train split. Evaluation always uses the dataset's own splits. The spec is tfds's,
+  taken as given: on datasets whose test split is carved out of tfds's "train" (tf_flowers:
+  ``train[85%:]``), a slice of "train" can hold test images."""
+  return data_config.get("train_split", "") or get_dataset_info(data_config.name).train_split
+
+
+def train_indices(data_config) -> Optional[np.ndarray]:
+  """The examples of `pretraining_split` that a run with this ``data`` config trains on: None
+  for all of them, or the `long_tailed_subset` of ``data.imbalance_ratio`` > 1 (its labels read
+  without decoding images). Rows of a per-example state (iSogCLR's temperatures) are positions
+  in this subset, as the batches' ``"index"``."""
+  ratio = data_config.get("imbalance_ratio", 1.0)
+  if ratio == 1:
+    return None
+  kwargs = source_kwargs(data_config)
+  return _long_tailed_indices(data_config.name, pretraining_split(data_config), ratio,
+                              kwargs["data_dir"], kwargs["source_dir"], kwargs["allow_download"])
+
+
+@functools.lru_cache(maxsize=8)
+def _long_tailed_indices(name, split, ratio, data_dir, source_dir, allow_download) -> np.ndarray:
+  """`long_tailed_subset` of a split, its labels read once per process (the loop and the
+  methods with per-example state both ask)."""
+  labels = split_labels(name, split, data_dir=data_dir, source_dir=source_dir,
+                        allow_download=allow_download)
+  try:
+    return long_tailed_subset(labels, ratio)
+  except ValueError as e:
+    raise ValueError(f"data.imbalance_ratio={ratio!r} on {name!r}: {e}") from None
+
+
+def num_train_examples(data_config) -> int:
+  """How many training examples a run with this ``data`` config draws from (`train_indices`)."""
+  indices = train_indices(data_config)
+  if indices is not None:
+    return len(indices)
+  return len(load_source(data_config.name, pretraining_split(data_config),
+                         **source_kwargs(data_config)))
 
 
 UNLABELLED_SETS = ("all", "others")

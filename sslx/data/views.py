@@ -1,5 +1,6 @@
 """Multi-crop views (SwAV, DINO): a few large global crops and many small local crops of each
-image, one static-shape array per group, augmented on device by `sslx.data.augment` pipelines.
+image, one static-shape array per group, augmented on device by `sslx.data.augment` pipelines;
+and PIRL's jigsaw views (`jigsaw`): an image cut into a grid of shuffled patches.
 """
 
 from typing import Mapping
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 
 from sslx.data import augment
 
-__all__ = ["SWAV_MULTICROP", "DINO_MULTICROP", "multi_crop", "multi_crop_pipelines"]
+__all__ = ["SWAV_MULTICROP", "DINO_MULTICROP", "multi_crop", "multi_crop_pipelines", "jigsaw"]
 
 # SwAV (Caron et al. 2020, Sec. 3.2 / 4.1 and facebookresearch/swav main_swav.py,
 # src/multicropdataset.py): 2 crops of 224 px with area scale (0.14, 1) and 6 of 96 px with
@@ -156,3 +157,57 @@ def multi_crop(key, images, config=None, *, return_params: bool = False):
     views[name] = out
     params[name] = drawn
   return (views, params) if return_params else views
+
+
+def jigsaw(key, images, *, grid: int = 3, patch: int, view=None, patch_view=None):
+  """PIRL's jigsaw views (Misra and van der Maaten 2020, Sec. 4.1): each image cut into a grid of
+  cells, a random patch of every cell, the patches augmented one by one and shuffled.
+
+  Args:
+    key: PRNG key.
+    images: [B, H, W, C] uint8 (or float in [0, 1]).
+    grid: cells per side (PIRL: 3, so 9 patches).
+    patch: side of the square patch taken at a random place in each cell, at most the cell's
+      side (the cell's side: the whole cell, for ``patch_view`` to crop, as sslx's PIRL does).
+    view: an `sslx.data.augment` pipeline applied to the whole image first (PIRL: a random
+      crop of 255 px), or None for the image as it is.
+    patch_view: a pipeline applied to each patch independently (PIRL: colour jitter and
+      grayscale per patch), or None.
+
+  Returns:
+    ``(patches, order)``: ``patches`` float32 [B, grid**2, p, p, C] in [0, 1] (p: ``patch``,
+    or the size ``patch_view`` crops the patches to) and
+    ``order`` int32 [B, grid**2], a random permutation per image: ``patches[b, j]`` is the
+    patch of cell ``order[b, j]`` (cells numbered row-major). Every draw is made for the whole
+    batch from ``key``, so a batch sharded over devices gets the same views as on one.
+  """
+  augment.check_batch(images)
+  if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+    raise ValueError(f"jigsaw: grid must be an int >= 1, got {grid!r}")
+  view_key, offset_key, patch_key, order_key = jax.random.split(key, 4)
+  x = (augment.augment_batch(view_key, images, view) if view is not None
+       else augment.to_float(images))
+  batch, height, width, channels = x.shape
+  cell_h, cell_w = height // grid, width // grid
+  if isinstance(patch, bool) or not isinstance(patch, int) or not 1 <= patch <= min(cell_h,
+                                                                                     cell_w):
+    raise ValueError(f"jigsaw: patch must be an int in [1, {min(cell_h, cell_w)}] (the cells of "
+                     f"a {grid}x{grid} grid over {height}x{width} views), got {patch!r}")
+  cells = grid * grid
+  rows, cols = jnp.divmod(jnp.arange(cells), grid)
+  offsets = jax.random.randint(offset_key, (batch, cells, 2), 0,
+                               jnp.array([cell_h - patch + 1, cell_w - patch + 1]))
+  tops, lefts = rows * cell_h + offsets[..., 0], cols * cell_w + offsets[..., 1]  # [B, cells]
+
+  def cut(image, top, left):
+    return jax.lax.dynamic_slice(image, (top, left, 0), (patch, patch, channels))
+
+  patches = jax.vmap(jax.vmap(cut, in_axes=(None, 0, 0)))(x, tops, lefts)
+  if patch_view is not None:
+    flat = patches.reshape(batch * cells, patch, patch, channels)
+    flat = augment.augment_batch(patch_key, flat, patch_view)  # may crop them smaller
+    patches = flat.reshape(batch, cells, *flat.shape[1:])
+  order = jax.vmap(lambda k: jax.random.permutation(k, cells))(
+      jax.random.split(order_key, batch)).astype(jnp.int32)
+  patches = jnp.take_along_axis(patches, order[:, :, None, None, None], axis=1)
+  return patches, order

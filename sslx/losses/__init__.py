@@ -22,6 +22,7 @@ from sslx.losses.contrastive import (
     nnclr,
     update_support_set,
     isogclr,
+    memory_bank_nce,
 )
 from sslx.losses.large_batch import (
     nt_xent_blockwise,
@@ -106,6 +107,7 @@ __all__ = [
     "ijepa",
     "info_nce",
     "isogclr",
+    "memory_bank_nce",
     "knowledge_distillation",
     "koleo",
     "lejepa",

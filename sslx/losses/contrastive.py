@@ -1,5 +1,6 @@
 """Contrastive losses."""
 
+import numbers
 from collections.abc import Callable, Hashable
 
 import jax
@@ -902,3 +903,102 @@ def isogclr(
   loss = 2.0 * jnp.mean(per_anchor)
   loss = mean_across_devices(loss, axis_name)
   return loss, {"u": 0.5 * (new_u[:local_batch] + new_u[local_batch:])}
+
+
+# --- Memory-bank NCE (NPID, PIRL) ---------------------------------------------------------------
+
+
+def memory_bank_nce(
+    z: jax.Array,
+    positives: jax.Array,
+    negatives: jax.Array,
+    *,
+    num_data: int,
+    temperature: float = 0.07,
+    normalizer: float | jax.Array | None = None,
+    axis_name: Hashable | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  r"""Noise-contrastive estimation against a memory bank: the loss of NPID and PIRL.
+
+  From Wu, Xiong, Yu and Lin, "Unsupervised Feature Learning via Non-Parametric Instance
+  Discrimination", CVPR 2018 (arXiv:1805.01978), eqs. (2)-(7), as PIRL uses it (Misra and van der
+  Maaten, "Self-Supervised Learning of Pretext-Invariant Representations", CVPR 2020,
+  arXiv:1912.01991, eq. (5)); follows VISSL's ``nce_loss_with_memory`` (``loss_type: nce``).
+
+  Every training image ``i`` of the ``n = num_data`` has an entry ``m_i`` in a memory bank (kept
+  by the caller: an exponential moving average of its past embeddings). With unit vectors, the
+  probability that embedding ``v`` is image ``j`` is estimated as ``P(j|v) = exp(v . m_j / t) /
+  Z``; NCE tells it apart from ``K`` noise samples drawn uniformly (``P_n = 1/n``)::
+
+      h(v, m) = P(v, m) / (P(v, m) + K / n),      P(v, m) = exp(v . m / t) / Z
+      L       = -1/B sum_{i=1}^{B} [ log h(z_i, m_i) + sum_{k=1}^{K} log(1 - h(z_i, m_{n_k})) ]
+
+  with ``m_i`` the positive (``positives[i]``, the memory entry of image ``i``) and the ``K``
+  ``negatives`` shared by the whole batch. ``Z`` is the partition function: ``normalizer``, or,
+  when it is None, the estimate of NPID and VISSL from this batch, ``Z = n * mean(exp(s / t))``
+  over every similarity ``s`` of the batch (positives and negatives; no gradient through it):
+  VISSL computes it on the first batch and keeps it, so pass ``aux["normalizer"]`` back in.
+
+  Args:
+    z: ``[b, D]`` embeddings of the batch's images.
+    positives: ``[b, D]`` their memory entries, row ``j`` the same image as ``z``'s.
+    negatives: ``[K, D]`` memory entries drawn as noise, the same for every row of the batch
+      (VISSL draws ``K`` per image; one shared draw is one gather and one matmul instead of a
+      ``[B, K, D]`` gather, the same estimator in expectation). Replicated, not sharded.
+    num_data: ``n``, the number of images in the memory bank, >= 1.
+    temperature: ``t`` above, > 0 (0.07 in NPID and PIRL).
+    normalizer: ``Z`` above, > 0; None estimates it from this batch.
+    axis_name: ``None`` for global arrays (one device, or ``jax.jit`` over a mesh); the mapped
+      axis inside ``jax.shard_map``, where ``z`` and ``positives`` are the local rows and the
+      loss and the estimate of ``Z`` are averaged over the devices.
+
+  Returns:
+    ``(loss, aux)``: ``loss`` the float32 scalar ``L`` (the same on every device) and ``aux =
+    {"normalizer": Z}``, the float32 scalar used (no gradient). Inputs are cast to float32 and
+    l2-normalised (norms clamped at ``eps = 1e-6``).
+
+  Raises:
+    ValueError: if ``z``/``positives`` are not ``[b, D]`` of one shape, ``negatives`` is not
+      ``[K, D]``, ``num_data`` is not a positive int, or ``temperature`` / a number
+      ``normalizer`` is not > 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sslx.losses import memory_bank_nce
+    >>> z = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> negatives = jnp.array([[0.0, 1.0], [1.0, 0.0]])  # K = 2
+    >>> loss, aux = memory_bank_nce(z, z, negatives, num_data=2, temperature=1.0,
+    ...                             normalizer=1.0)
+    >>> # per image: h = e / (e + 1) for its positive; 1 - h = 1 / 2 and 1 / (e + 1) for the
+    >>> # negatives: -(1 - log(e + 1) - log 2 - log(e + 1)) = 2.3197
+    >>> round(float(loss), 4), float(aux["normalizer"])
+    (2.3197, 1.0)
+  """
+  _checks.check_pair("z", z, "positives", positives)
+  _checks.check_rank("negatives", negatives, 2, "[K, dim]")
+  if negatives.shape[1] != z.shape[1]:
+    raise ValueError(f"negatives must have shape [K, dim] with z's dim {z.shape[1]}, but got "
+                     f"shape {tuple(negatives.shape)}.")
+  if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
+    raise ValueError(f"num_data must be an int >= 1 (the images in the memory bank), but got "
+                     f"{num_data!r}.")
+  _checks.check_positive("temperature", temperature)
+  if normalizer is not None:
+    _checks.check_positive("normalizer", normalizer)
+  z, positives, negatives = as_float32(z, positives, negatives)
+  z, positives, negatives = l2_normalize(z), l2_normalize(positives), l2_normalize(negatives)
+  positive_logit = jnp.sum(z * positives, axis=1) / temperature  # [b]
+  negative_logits = _matmul_t(z, negatives) / temperature  # [b, K]
+  if normalizer is None:
+    scores = jnp.concatenate([positive_logit[:, None], negative_logits], axis=1)
+    normalizer = num_data * mean_across_devices(jnp.mean(jnp.exp(scores)), axis_name)
+  normalizer = jax.lax.stop_gradient(jnp.asarray(normalizer, jnp.float32))
+  # log h and log(1 - h) in the log domain: log P - log(P + K/n) with log P = logit - log Z.
+  log_noise = jnp.log(negatives.shape[0] / num_data)
+  log_p_positive = positive_logit - jnp.log(normalizer)
+  log_p_negative = negative_logits - jnp.log(normalizer)
+  log_h = log_p_positive - jnp.logaddexp(log_p_positive, log_noise)
+  log_not_h = log_noise - jnp.logaddexp(log_p_negative, log_noise)
+  per_example = -(log_h + jnp.sum(log_not_h, axis=1))
+  loss = mean_across_devices(jnp.mean(per_example), axis_name)
+  return loss, {"normalizer": normalizer}

@@ -110,6 +110,14 @@ def train(config, workdir: str, *,
   if config.nonfinite_policy not in NONFINITE_POLICIES:
     raise ValueError(f"nonfinite_policy must be one of {NONFINITE_POLICIES}, got "
                      f"{config.nonfinite_policy!r}")
+  if config.data.get("imbalance_ratio", 1.0) != 1 and is_semi_supervised(config):
+    raise ValueError(f"data.imbalance_ratio={config.data.imbalance_ratio}: long-tailed subsets "
+                     "are for self-supervised runs; a semi-supervised run draws its labelled "
+                     "set from the whole split (keep data.imbalance_ratio=1)")
+  if config.data.get("train_split", "") and is_semi_supervised(config):
+    raise ValueError(f"data.train_split={config.data.train_split!r}: a semi-supervised run draws "
+                     "its labelled and unlabelled sets from the dataset's train split (keep "
+                     "data.train_split='')")
   if config.eval.every < 0:
     raise ValueError(f"eval.every must be >= 0 (0: no monitor metrics), got {config.eval.every}")
   if extra_checks is not None:
@@ -122,8 +130,20 @@ def train(config, workdir: str, *,
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("sslx: dataset prepared")
   host_crops = decode.host_crops_for(config, channels=info.image_shape[-1])
-  train_source = sources.load_source(config.data.name, info.train_split, **source_kwargs,
-                                     encoded=host_crops is not None)
+  split = sources.pretraining_split(config.data)
+  try:
+    train_source = sources.load_source(config.data.name, split, **source_kwargs,
+                                       encoded=host_crops is not None)
+  except Exception as e:
+    if not config.data.get("train_split", ""):
+      raise
+    raise ValueError(f"data.train_split={split!r} could not be read from {config.data.name!r} "
+                     f"(expected a tfds split spec such as 'train[500:]'): {e}") from e
+  if len(train_source) == 0:
+    raise ValueError(f"data.train_split={split!r} of {config.data.name!r} holds no example")
+  subset = sources.train_indices(config.data)
+  if subset is not None:  # data.imbalance_ratio: a long-tailed part of the split
+    train_source = pipeline.Subset(train_source, subset)
   method = build_method(config)
   tx, schedule = optim.make_optimizer(config.optim, config.batch_size, config.total_steps)
 
@@ -273,9 +293,9 @@ def save_method_pictures(config, variables, monitor_images, workdir: str) -> lis
 
 
 # Fields that define the trajectory of a run: a resumed run must not change them.
-_RUN_DEFINING = ("experiment", "seed", "batch_size", "total_steps", "data.name", "model",
-                 "projector", "augment", "loss", "optim", "eval.online_probe", "semi",
-                 "simclrv2")
+_RUN_DEFINING = ("experiment", "seed", "batch_size", "total_steps", "data.name",
+                 "data.train_split", "data.imbalance_ratio", "model", "projector", "augment",
+                 "loss", "optim", "eval.online_probe", "semi", "simclrv2")
 # Settings under those that trade memory for compute without changing what is computed (up to
 # float reassociation): a run that ran out of memory may resume with more of them.
 _MEMORY_ONLY = ("model.remat", "optim.grad_cache_chunks")
@@ -291,7 +311,9 @@ def example_batch(config, info) -> dict:
   """Zeros shaped like a global batch of `config` (what `Method.init` is given)."""
   batch = {"image": jnp.zeros((config.batch_size, *info.image_shape), jnp.uint8),
            "label": jnp.zeros((config.batch_size,), jnp.int32)}
-  if is_semi_supervised(config):
+  if not is_semi_supervised(config):
+    batch["index"] = jnp.zeros((config.batch_size,), jnp.int32)
+  else:
     unlabelled = config.batch_size * config.semi.uratio
     batch["unlabelled_image"] = jnp.zeros((unlabelled, *info.image_shape), jnp.uint8)
     batch["unlabelled_index"] = jnp.zeros((unlabelled,), jnp.int32)

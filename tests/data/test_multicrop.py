@@ -169,3 +169,50 @@ def test_config_forms_and_errors():
   raises({}, "config")
   with pytest.raises(ValueError, match="images"):
     V.multi_crop(key, jnp.zeros((32, 32, 3)), SMALL)
+
+
+# --- PIRL's jigsaw views -----------------------------------------------------------------------
+
+
+def test_jigsaw_patches_are_shuffled_crops_of_their_cells():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(4, 12, 12, 3), dtype=np.uint8)
+  fn = jax.jit(lambda k, x: V.jigsaw(k, x, grid=3, patch=3))
+  patches, order = map(np.asarray, fn(jax.random.PRNGKey(1), images))
+  assert patches.shape == (4, 9, 3, 3, 3) and patches.dtype == np.float32
+  offsets = set()
+  for b in range(4):
+    assert sorted(order[b]) == list(range(9))
+    for j in range(9):
+      row, col = divmod(int(order[b, j]), 3)
+      cell = images[b, 4 * row:4 * row + 4, 4 * col:4 * col + 4] / 255.0
+      found = [(dy, dx) for dy in (0, 1) for dx in (0, 1)
+               if np.allclose(cell[dy:dy + 3, dx:dx + 3], patches[b, j])]
+      assert found, (b, j)  # the patch lies inside its own cell
+      offsets.update(found)
+  assert len(offsets) == 4  # every offset a 3-px patch of a 4-px cell can have is drawn
+  assert len({tuple(o) for o in order}) > 1  # images shuffled differently
+
+  # The same key gives the same views on 8 devices as on one.
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  sharded = jax.device_put(np.tile(images, (2, 1, 1, 1)), NamedSharding(mesh, P("data")))
+  one = fn(jax.random.PRNGKey(1), np.tile(images, (2, 1, 1, 1)))
+  for a, b in zip(fn(jax.random.PRNGKey(1), sharded), one):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_jigsaw_patch_view_and_errors():
+  images = np.full((2, 12, 12, 1), 100, np.uint8)
+  # The view crops to 10 px (cells of 5), each whole cell is then cropped to 4 px.
+  patches, _ = V.jigsaw(jax.random.PRNGKey(0), images, grid=2, patch=5,
+                        view="random_resized_crop(10, scale=(0.5, 1.0))",
+                        patch_view="random_resized_crop(4, scale=(0.6, 1.0))")
+  assert patches.shape == (2, 4, 4, 4, 1)
+  np.testing.assert_allclose(np.asarray(patches), 100 / 255, rtol=1e-5)  # a flat image stays flat
+  with pytest.raises(ValueError, match=r"patch must be an int in \[1, 5\]"):
+    V.jigsaw(jax.random.PRNGKey(0), images, grid=2, patch=6,
+             view="random_resized_crop(10, scale=(0.5, 1.0))")
+  with pytest.raises(ValueError, match=r"patch must be an int in \[1, 6\]"):
+    V.jigsaw(jax.random.PRNGKey(0), images, grid=2, patch=7)
+  with pytest.raises(ValueError, match="grid must be an int >= 1"):
+    V.jigsaw(jax.random.PRNGKey(0), images, grid=0, patch=2)

@@ -67,15 +67,29 @@ def test_train_batch_format_and_determinism():
   src = Source(50)
   it = pipeline.train_iterator(src, global_batch_size=8, seed=3, process_index=0, process_count=1)
   b = next(it)
-  assert set(b) == {"image", "label", "mask"}
+  assert set(b) == {"image", "label", "index", "mask"}
   assert b["image"].dtype == np.uint8 and b["image"].shape == (8,) + SHAPE
   assert b["label"].dtype == np.int32 and b["label"].shape == (8,)
+  # The source's example i has label i: "index" is each row's position in the source.
+  assert b["index"].dtype == np.int32
+  np.testing.assert_array_equal(b["index"], b["label"])
   assert b["mask"].dtype == np.bool_ and b["mask"].all()
   _check_rows(b)
   a = _stream(Source(50), 8, 3, 20)
   np.testing.assert_array_equal(a, _stream(Source(50), 8, 3, 20))
   assert not np.array_equal(a, _stream(Source(50), 8, 4, 20))
   assert not np.array_equal(a[:50], np.arange(50))  # shuffled
+
+
+def test_index_is_the_position_in_a_subset():
+  # A long-tailed (or any) subset: "index" counts its examples, not the source's, so it can
+  # index a per-example table of len(subset) rows.
+  kept = np.array([3, 7, 8, 20, 33, 41])
+  it = pipeline.train_iterator(pipeline.Subset(Source(50), kept), global_batch_size=4, seed=0,
+                               process_index=0, process_count=1)
+  for b in _take(it, 3):
+    assert np.all(b["index"] < len(kept))
+    np.testing.assert_array_equal(kept[b["index"]], b["label"])
 
 
 def test_epochs_each_example_once_and_reshuffled():
@@ -212,7 +226,7 @@ def test_to_global_batch_on_eight_devices():
                                process_count=1)
   local = next(it)
   batch = pipeline.to_global_batch(local, sharding)
-  assert set(batch) == {"image", "label", "mask"}
+  assert set(batch) == {"image", "label", "index", "mask"}
   for key, value in batch.items():
     assert isinstance(value, jax.Array)
     assert value.shape == local[key].shape and value.dtype == local[key].dtype
@@ -224,7 +238,7 @@ def test_to_global_batch_on_eight_devices():
   # A dict of shardings works too.
   replicated = NamedSharding(mesh, PartitionSpec())
   batch = pipeline.to_global_batch(local, {"image": sharding, "label": replicated,
-                                           "mask": sharding})
+                                           "index": sharding, "mask": sharding})
   assert batch["label"].sharding == replicated
   np.testing.assert_array_equal(np.asarray(batch["label"]), local["label"])
 

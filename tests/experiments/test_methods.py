@@ -20,6 +20,7 @@ from sslx.train import loop
 from sslx.train.state import TrainState
 from sslx.train.step import make_train_step
 from tests.experiments.test_semisup import SEMI_METHODS
+from tests.train import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The semi-supervised classifiers (no embedding to collapse) have their own test_semisup.py.
@@ -60,7 +61,8 @@ def fixed_batch(n=32, seed=0):
     r, c = rng.integers(2, 18, size=2)
     side = 6 + i % 4 * 2
     images[i, r:r + side, c:c + side] = 60 + 6 * i
-  return {"image": jnp.asarray(images), "label": jnp.asarray(np.arange(n) % 4, jnp.int32)}
+  return {"image": jnp.asarray(images), "label": jnp.asarray(np.arange(n) % 4, jnp.int32),
+          "index": jnp.arange(n, dtype=jnp.int32)}
 
 
 def fixed_inputs(config):
@@ -82,9 +84,10 @@ def test_every_method_has_a_module_and_a_config():
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_method_learns_on_a_fixed_batch_without_collapse(name):
+def test_method_learns_on_a_fixed_batch_without_collapse(name, fashion_mnist_dir):
   settings = {**DEFAULT_SETTINGS, **SMOKE_SETTINGS.get(name, {})}
-  config = importlib.import_module(f"configs.{name}").get_config("smoke")
+  # The real data dir: a method with per-example state (iSogCLR) sizes it by the training set.
+  config = helpers.smoke_config(fashion_mnist_dir, name)
   with config.unlocked():  # schedules inside the method (EMA momentum, warm-ups) span the test
     config.total_steps = settings["steps"]
   method = loop.get_method(config)

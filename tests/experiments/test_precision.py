@@ -2,8 +2,6 @@
 model run in bfloat16 (counted in the traced loss), the loss at initialisation stays close to
 its float32 value, and a train step keeps parameters, optimizer state and teachers float32."""
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +14,7 @@ from sslx.train import loop, optim
 from sslx.train.state import TrainState
 from sslx.train.step import make_train_step
 from tests.experiments.test_methods import METHODS, fixed_inputs
+from tests.train import helpers
 
 # The compiled loss comparison on the model families (CPU compiles in bfloat16 are slow): a
 # ResNet with a contrastive loss and a multi-crop ViT with the DINO head; BYOL's EMA teacher in
@@ -30,8 +29,8 @@ LOSS_RTOL = 0.03
 MIN_BF16_SHARE = 0.6
 
 
-def _config(name, dtype):
-  config = importlib.import_module(f"configs.{name}").get_config("smoke")
+def _config(name, dtype, data_dir=""):
+  config = helpers.smoke_config(data_dir, name)
   with config.unlocked():
     config.model.dtype = dtype
   return config
@@ -72,8 +71,8 @@ def _loss_flops(method, batch):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_bfloat16_compute_reaches_every_method(name):
-  config = _config(name, "bfloat16")
+def test_bfloat16_compute_reaches_every_method(name, fashion_mnist_dir):
+  config = _config(name, "bfloat16", fashion_mnist_dir)
   batch, _ = fixed_inputs(config)
   flops = _loss_flops(loop.get_method(config), batch)
   share = flops.get("bfloat16", 0) / sum(flops.values())

@@ -181,6 +181,10 @@ def test_mixup_methods_refuse_bad_settings(name, overrides, match):
     ({"semi.unlabelled": "some"}, "semi.unlabelled must be one of"),
     ({"semi.strong": "random_resized_crop(24)|flip"},
      r"semi.weak and semi.strong must give views of one size, got \(28, 28\) and \(24, 24\)"),
+    ({"data.imbalance_ratio": 10.0},
+     r"data.imbalance_ratio=10.0: long-tailed subsets are for self-supervised runs"),
+    ({"data.train_split": "train[500:]"},
+     r"data.train_split='train\[500:\]': a semi-supervised run draws"),
 ])
 def test_bad_semi_supervised_settings_fail_before_training(fashion_mnist_dir, tmp_path,
                                                            overrides, match):

@@ -1,5 +1,5 @@
 """Tests for the contrastive family beyond nt_xent (sslx.losses.contrastive): MoCo's info_nce and
-queue, DCL/DCLW, SupCon, NNCLR and iSogCLR, against closed forms, independent float64 NumPy
+queue, DCL/DCLW, SupCon, NNCLR, iSogCLR and the memory-bank NCE of NPID / PIRL, against closed forms, independent float64 NumPy
 references written from the papers' equations, and the same loss on one device versus sharded
 over the 8 fake CPU devices of conftest.py."""
 
@@ -15,8 +15,8 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sslx.losses.contrastive import (
-    dcl, info_nce, isogclr, nearest_neighbor, negative_von_mises_fisher_weight, nnclr, supcon,
-    update_queue, update_support_set)
+    dcl, info_nce, isogclr, memory_bank_nce, nearest_neighbor, negative_von_mises_fisher_weight,
+    nnclr, supcon, update_queue, update_support_set)
 from tests.losses.harness import (
     BATCH, REPLICATED, assert_close, check_against_reference, check_sharded_equivalence,
     finite_difference_grad, make_mesh)
@@ -130,6 +130,26 @@ def reference_isogclr(z1, z2, tau, rho):
       mean = np.mean([math.exp((_cos(a_view[i], z) - positive) / tau[i]) for z in negatives])
       total += tau[i] * math.log(mean) + tau[i] * rho
   return total / n
+
+
+def reference_memory_bank_nce(z, positives, negatives, num_data, temperature, normalizer):
+  """NPID eqs. (5)-(7) with h(v, m) = P / (P + K P_n), P = exp(cos / t) / Z, P_n = 1 / n, one loop
+  per image and per noise sample; Z estimated as n times the mean exp(cos / t) over the batch's
+  positive and negative scores when `normalizer` is None."""
+  k = len(negatives)
+  if normalizer is None:
+    scores = [math.exp(_cos(z[i], m) / temperature)
+              for i in range(len(z)) for m in [positives[i], *negatives]]
+    normalizer = num_data * np.mean(scores)
+  noise = k / num_data
+  total = 0.0
+  for i in range(len(z)):
+    p = math.exp(_cos(z[i], positives[i]) / temperature) / normalizer
+    total -= math.log(p / (p + noise))
+    for m in negatives:
+      p = math.exp(_cos(z[i], m) / temperature) / normalizer
+      total -= math.log(1 - p / (p + noise))
+  return total / len(z)
 
 
 def random_pair(seed, batch, dim, dtype=np.float32):
@@ -558,6 +578,49 @@ def test_isogclr_aux_u_sharded_matches_global():
   assert_close(got, expected)
 
 
+# --- memory_bank_nce ---------------------------------------------------------------------------
+
+
+def memory_bank_nce_loss(z, positives, negatives, normalizer=2.5, axis_name=None):
+  return memory_bank_nce(z, positives, negatives, num_data=50, temperature=T,
+                         normalizer=normalizer, axis_name=axis_name)[0]
+
+
+def test_memory_bank_nce_against_reference():
+  z, positives = random_pair(31, 6, 5)
+  negatives = random_rows(32, 7, 5)
+  check_against_reference(
+      memory_bank_nce_loss,
+      lambda a, b, c: reference_memory_bank_nce(a, b, c, 50, T, 2.5),
+      [z, positives, negatives], grad_argnums=(0, 1, 2))
+  # The estimated partition function (no gradient through it: the value only).
+  loss, aux = jax.jit(functools.partial(memory_bank_nce, num_data=50, temperature=T))(
+      z, positives, negatives)
+  assert_close(loss, reference_memory_bank_nce(z, positives, negatives, 50, T, None))
+  scores = [math.exp(_cos(z[i], m) / T) for i in range(6) for m in [positives[i], *negatives]]
+  assert_close(aux["normalizer"], 50 * np.mean(scores))
+
+
+@pytest.mark.parametrize("normalizer", [2.5, None])
+def test_memory_bank_nce_sharded(normalizer):
+  z, positives = random_pair(33, 16, 5)
+  negatives = random_rows(34, 9, 5)
+  check_sharded_equivalence(functools.partial(memory_bank_nce_loss, normalizer=normalizer),
+                            [z, positives, negatives], specs=[BATCH, BATCH, REPLICATED],
+                            grad_argnums=(0, 1, 2))
+
+
+def test_memory_bank_nce_bad_input_is_named():
+  z = jnp.ones((4, 3))
+  for kwargs, match in (({"num_data": 0}, "num_data must be an int >= 1"),
+                        ({"num_data": 8, "temperature": 0.0}, "temperature"),
+                        ({"num_data": 8, "normalizer": -1.0}, "normalizer")):
+    with pytest.raises(ValueError, match=match):
+      memory_bank_nce(z, z, jnp.ones((5, 3)), **kwargs)
+  with pytest.raises(ValueError, match=r"negatives must have shape \[K, dim\] with z's dim 3"):
+    memory_bank_nce(z, z, jnp.ones((5, 4)), num_data=8)
+
+
 # --- Dtypes and zero vectors, for every loss ---------------------------------------------------
 
 SUPPORT = random_rows(21, 6, 8)
@@ -570,6 +633,7 @@ LOSSES = {
                                   temperature=T),
     "nnclr": lambda a, b: nnclr(a, b, SUPPORT, temperature=T),
     "isogclr": lambda a, b: isogclr_loss(a, b, jnp.full(a.shape[0], 0.2), jnp.zeros(a.shape[0])),
+    "memory_bank_nce": lambda a, b: memory_bank_nce_loss(a, b, SUPPORT, normalizer=50.0),
 }
 
 
@@ -581,6 +645,8 @@ ZERO_CLOSED_FORMS = {  # batch B = 8, all-zero embeddings: every cosine is 0
     "supcon": math.log(2 * 8 - 1),  # N - 1 candidates, all equal
     "nnclr": 2 * math.log(8),
     "isogclr": 2 * 0.2 * 0.3,  # g = 1 = u: tau (log 1 + rho) - 0 per anchor, two views
+    # P = e^0 / 50 for all 1 + 6 rows, K / n = 6 / 50: -log(1/7) - 6 log(6/7)
+    "memory_bank_nce": math.log(7) - 6 * math.log(6 / 7),
 }
 
 

@@ -116,6 +116,10 @@ def test_vit_backbone_sharded_by_fsdp_rules_matches_replicated(fashion_mnist_dir
     ({"eval.train_fraction": 1.5}, r"eval.train_fraction must be a number in \(0, 1\]"),
     ({"model.name": "vit", "model.vit.scan": True}, "optim.name='lars' needs model.vit.scan=False"),
     ({"model.dtype": "float16"}, "model.dtype must be one of"),
+    ({"data.imbalance_ratio": 0.5},
+     r"data.imbalance_ratio=0.5 on 'fashion_mnist': imbalance_ratio: expected a number >= 1"),
+    ({"data.train_split": "trian[500:]"},
+     r"data.train_split='trian\[500:\]' could not be read from 'fashion_mnist'.*Unknown split"),
 ])
 def test_bad_config_values_fail_before_training(fashion_mnist_dir, tmp_path, overrides, match):
   config = smoke_config(fashion_mnist_dir, **overrides)
