@@ -13,10 +13,10 @@ Expected:
   fashion_mnist: its row of the methods table (docs/results/methods.md); the long-tailed
     comparison with SimCLR is its own table (benchmarks/imbalanced_table.py,
     docs/results/imbalanced.md).
-  cifar10 / imagenet: not run here. The paper's image results are ResNet-18 on CIFAR-10/100
-    and ResNet-50 on ImageNet-100 and their long-tailed versions, at small batches (its point:
-    the global loss does not need a large one); sslx has not reproduced them. These presets
-    keep SimCLR's recipes (configs/simclr.py) with the loss settings below.
+  cifar10 / imagenet: not run here. The paper's image results are on CIFAR-10, CIFAR-100,
+    ImageNet-100 and long-tailed versions of such data, not ImageNet-1k; sslx has not
+    reproduced them. These presets keep SimCLR's recipes (configs/simclr.py) with the loss
+    settings below.
 Loss settings (`loss`), LibAUC's GCLoss_v1 defaults for the unimodal (image-image) loss:
 tau_init 0.1 (every temperature's start), tau_min 0.05 and tau_max 0.7 (the clip), rho 0.3 (the
 KL-ball radius; the paper tunes it in [0.1, 0.5]), gamma 0.9 (the moving average's weight of

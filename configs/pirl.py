@@ -10,8 +10,8 @@ Expected:
   fashion_mnist: its row of the methods table (docs/results/methods.md).
   cifar10: not run here, and no published CIFAR-10 number; the ImageNet recipe below on
     ResNet-18 with 3x3 cells of 10 px (a 30-px crop) and 8-px patches.
-  imagenet: ResNet-50, 63.6% linear top-1 (PIRL, Table 1). The jigsaw views as VISSL's PIRL
-    config makes them: a random resized crop of 255 px (scale 0.08-1) cut into 3x3 cells of 85
+  imagenet: ResNet-50, 63.6% linear top-1 (PIRL, Table 1). The jigsaw views as we read VISSL's
+    PIRL transforms (ImgPilToPatchesAndImage, ShuffleImgPatches): a random resized crop of 255 px (scale 0.08-1) cut into 3x3 cells of 85
     px, a random resized crop of 64 px (scale 0.6-1) of each cell, each patch flipped,
     colour-jittered and made grayscale independently; 32,000 negatives, temperature 0.07, memory
     momentum 0.5, lambda 0.5, 128-d heads. The optimiser (SGD, momentum 0.9, lr 0.12 at batch
