@@ -65,9 +65,8 @@ def loss_and_tables(z1, z2, index, tables: dict, loss_config) -> tuple[jax.Array
   tau_grad = jax.lax.stop_gradient(tau_grad) * (z1.shape[0] / 2)
   momentum = (1 - loss_config.beta) * tables["tau_momentum"][index] + loss_config.beta * tau_grad
   tau = jnp.clip(tau - loss_config.eta * momentum, loss_config.tau_min, loss_config.tau_max)
-  return value, {"tau": experiment.set_rows(tables["tau"], index, tau),
-                 "u": experiment.set_rows(tables["u"], index, aux["u"]),
-                 "tau_momentum": experiment.set_rows(tables["tau_momentum"], index, momentum)}
+  return value, experiment.set_rows(tables, index,
+                                    {"tau": tau, "u": aux["u"], "tau_momentum": momentum})
 
 
 def get_method(config) -> Method:
@@ -77,12 +76,9 @@ def get_method(config) -> Method:
 
   def objective(model, z1, z2, batch, variables):
     del model
-    if "index" not in batch:
-      raise ValueError("iSogCLR needs each image's position in the training set: the batch has "
-                       f"no 'index' (keys {sorted(batch)}); sslx.data.pipeline.train_iterator "
-                       "yields it")
-    value, tables = loss_and_tables(z1, z2, batch["index"], variables[STATE], loss_config)
-    tau = tables["tau"][batch["index"]]
+    index = experiment.batch_index(batch, "iSogCLR")
+    value, tables = loss_and_tables(z1, z2, index, variables[STATE], loss_config)
+    tau = tables["tau"][index]
     metrics = {"train/tau_mean": jnp.mean(tau), "train/tau_std": jnp.std(tau)}
     return value, metrics, {STATE: tables}
 

@@ -124,9 +124,7 @@ def get_method(config) -> Method:
     return variables
 
   def loss(params, variables, batch, rng):
-    if "index" not in batch:
-      raise ValueError("PIRL needs each image's position in the training set for its memory "
-                       f"bank: the batch has no 'index' (keys {sorted(batch)})")
+    index = experiment.batch_index(batch, "PIRL")
     view_rng, jigsaw_rng, negative_rng, image_rng, patch_rng = jax.random.split(rng, 5)
     view = images.normalize(augment.augment_batch(view_rng, batch["image"], config.augment))
     # Whole cells: jigsaw.patch_view crops each (PIRL: a random resized crop of the cell).
@@ -136,7 +134,7 @@ def get_method(config) -> Method:
     image_z = model.image_embedding(view, image_rng)
     jigsaw_z = model.jigsaw_embedding(images.normalize(patches), patch_rng)
 
-    memory, index = variables["memory"], batch["index"]
+    memory = variables["memory"]
     positives = memory[index]
     negatives = memory[jax.random.randint(negative_rng, (loss_config.num_negatives,), 0,
                                           num_examples)]

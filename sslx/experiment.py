@@ -197,13 +197,26 @@ def check_non_negative(name: str, value) -> None:
     raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def set_rows(table: jax.Array, index: jax.Array, rows: jax.Array) -> jax.Array:
-  """``table`` with ``table[index[i]] = rows[i]``; where an index repeats in the batch (a batch
-  that spans two epochs can hold an image twice), its last occurrence is written and the others
-  are dropped, so the result is the same on every device and backend (XLA leaves the winner of
-  duplicate scatter writes unspecified). For per-example state: iSogCLR's tables, PIRL's
-  memory bank."""
+def batch_index(batch, method: str) -> jax.Array:
+  """``batch["index"]`` (each image's position in the training set), or a ValueError naming
+  `method`, which keeps per-example state, when the batch has none."""
+  if "index" not in batch:
+    raise ValueError(f"{method} keeps per-example state and needs each image's position in the "
+                     f"training set: the batch has no 'index' (keys {sorted(batch)}); "
+                     "sslx.data.pipeline.train_iterator yields it")
+  return batch["index"]
+
+
+def set_rows(tables, index: jax.Array, rows):
+  """``tables`` (an array or a pytree of arrays with one row per training image) with
+  ``table[index[i]] = rows[i]`` for each table and its rows; where an index repeats in the batch
+  (a batch that spans two epochs can hold an image twice), its last occurrence is written and
+  the others are dropped, so the result is the same on every device and backend (XLA leaves the
+  winner of duplicate scatter writes unspecified). For per-example state: iSogCLR's tables,
+  PIRL's memory bank."""
   later_same = (index[:, None] == index[None, :]) & jnp.triu(
       jnp.ones((index.shape[0],) * 2, bool), k=1)  # [i, j]: j > i holds the same index
-  target = jnp.where(later_same.any(axis=1), table.shape[0], index)  # out of bounds: dropped
-  return table.at[target].set(rows, mode="drop")
+  dropped = later_same.any(axis=1)
+  return jax.tree.map(  # an out-of-bounds row is dropped by the scatter
+      lambda table, new: table.at[jnp.where(dropped, table.shape[0], index)].set(
+          new, mode="drop"), tables, rows)
